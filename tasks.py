@@ -1,0 +1,64 @@
+"""Invoke tasks: parse options, call the engine in `tritonfleet/`. Run `invoke --list` to see them."""
+
+from invoke import Collection, task
+
+from tritonfleet import cli
+
+HELP = {
+    "host": "host name(s) from the inventory, comma-separated",
+    "group": "inventory group (default: all)",
+    "models": "model repository on this machine (overrides the inventory var model_repository)",
+    "check": "show what would change, change nothing",
+    "json": "print a machine-readable report on stdout",
+    "inventory": "inventory file (default: inventory/hosts.yml)",
+    "bundle": "Triton bundle: a directory or tarball of /opt/tritonserver, or a built .tar.gz (default: pinned wheel)",
+    "forks": "hosts worked on at once",
+    "verbose": "show every step's message, not only changes and failures",
+}
+
+
+def _playbook_task(name: str, playbook: str, doc: str):
+    @task(name=name, help=HELP)
+    def run(c, host=None, group=None, models=None, check=False, json=False, inventory=None, bundle=None,
+            forks=10, verbose=False):
+        cli.run_playbook_command(playbook, host=host, group=group, models=models, check=check,
+                                 json_output=json, inventory=inventory, bundle=bundle, forks=forks,
+                                 verbose=verbose)
+
+    run.__doc__ = doc
+    return run
+
+
+deploy = _playbook_task("deploy", "deploy.yml", "Provision, sync models, start and smoke-test Triton on hosts.")
+provision = _playbook_task("provision", "provision.yml", "Install Triton and its Python backend in /opt/tritonserver.")
+sync_models = _playbook_task("sync-models", "sync-models.yml", "Validate the model repository and sync it to hosts.")
+start = _playbook_task("start", "start.yml", "Install the systemd unit, start tritonserver, wait for every model.")
+smoke = _playbook_task("smoke", "smoke.yml", "Smoke-test every model remotely over HTTP and gRPC.")
+
+
+@task(help={"source": HELP["bundle"]})
+def bundle(c, source=None):
+    """Build (or reuse) the versioned, checksummed Triton bundle pushed to hosts."""
+    cli.bundle_command(source)
+
+
+@task(name="up", help={"hosts": "how many hosts of group lab to bring up (gpu01..)", "inventory": HELP["inventory"]})
+def lab_up(c, hosts=2, inventory=None):
+    """Bring up lab hosts: real systemd hosts in network namespaces, reached over SSH."""
+    cli.lab_up_command(int(hosts), inventory)
+
+
+@task(name="down")
+def lab_down(c):
+    """Remove every lab host and everything the lab made (the cached base image stays)."""
+    cli.lab_down_command()
+
+
+@task(name="status")
+def lab_status(c):
+    """Show each lab host and its state."""
+    cli.lab_status_command()
+
+
+ns = Collection(deploy, provision, sync_models, start, smoke, bundle)
+ns.add_collection(Collection("lab", lab_up, lab_down, lab_status))

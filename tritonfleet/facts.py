@@ -1,0 +1,121 @@
+"""Host facts, gathered in one round trip per host and parsed once.
+
+Modules compare these with the desired state; a module that changes the host updates the facts it
+changed, so later steps of the same run see the new state without asking the host again.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass, field
+
+from . import triton
+
+# POSIX sh, no bashisms: one `key=value` line per fact, multi-valued facts repeated.
+_SCRIPT = r"""
+. /etc/os-release 2>/dev/null
+echo "os_id=${ID:-unknown}"
+echo "os_version=${VERSION_ID:-unknown}"
+echo "os_name=${PRETTY_NAME:-unknown}"
+echo "init=$(cat /proc/1/comm 2>/dev/null)"
+echo "python_version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"
+for m in apt-get dnf yum zypper; do command -v $m >/dev/null 2>&1 && { echo "pkg_mgr=${m%-get}"; break; }; done
+if command -v dpkg-query >/dev/null 2>&1; then
+  dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' 2>/dev/null | awk '$2 ~ /^ii/ {print "package=" $1}'
+elif command -v rpm >/dev/null 2>&1; then
+  rpm -qa --qf 'package=%{NAME}\n' 2>/dev/null
+fi
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader,nounits 2>/dev/null \
+    | sed 's/^/gpu=/'
+fi
+echo "disk_free_kb=$(df -Pk /opt 2>/dev/null | awk 'NR==2 {print $4}')"
+echo "shm_kb=$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $2}')"
+getent passwd "$TF_USER" >/dev/null 2>&1 && echo "user_exists=yes"
+echo "live_release=$(readlink "$TF_ROOT" 2>/dev/null)"
+[ -e "$TF_ROOT" ] && [ ! -L "$TF_ROOT" ] && echo "root_is_unmanaged=yes"
+for d in "$TF_RELEASES"/*/; do
+  [ -f "$d$TF_MARKER" ] && echo "release=$(basename "$d")"
+done
+echo "unit_sha256=$(sha256sum "$TF_UNIT" 2>/dev/null | cut -d' ' -f1)"
+systemctl show "$TF_SERVICE" -p ActiveState -p SubState -p MainPID -p UnitFileState -p NRestarts \
+  -p NeedDaemonReload 2>/dev/null | sed 's/^/service_/'
+"""
+
+
+@dataclass
+class Gpu:
+    index: int
+    name: str
+    driver: str
+    memory_mib: int
+
+
+@dataclass
+class Facts:
+    os_id: str = ""
+    os_version: str = ""
+    os_name: str = ""
+    init: str = ""
+    python_version: str = ""
+    pkg_mgr: str = ""
+    packages: set = field(default_factory=set)
+    gpus: list = field(default_factory=list)
+    disk_free_kb: int = 0
+    shm_kb: int = 0
+    user_exists: bool = False
+    live_release: str = ""  # target of /opt/tritonserver
+    root_is_unmanaged: bool = False  # /opt/tritonserver is a real folder tritonfleet did not make
+    releases: list = field(default_factory=list)
+    unit_sha256: str = ""
+    service: dict = field(default_factory=dict)  # ActiveState, SubState, MainPID, UnitFileState, ...
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["packages"] = sorted(self.packages)
+        return data
+
+    def summary(self) -> dict:
+        """The facts worth showing to a person or a JSON report (no package list)."""
+        data = self.as_dict()
+        del data["packages"]
+        return data
+
+
+def gather_command(triton_user: str) -> str:
+    env = {
+        "TF_USER": triton_user, "TF_ROOT": triton.TRITON_ROOT, "TF_RELEASES": triton.RELEASES_DIR,
+        "TF_MARKER": triton.RELEASE_MARKER, "TF_UNIT": triton.UNIT_PATH, "TF_SERVICE": triton.SERVICE,
+    }
+    assign = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return f"{assign} sh -c {shlex.quote(_SCRIPT)}"
+
+
+def parse_facts(output: str) -> Facts:
+    facts = Facts()
+    for line in output.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        if key == "package":
+            facts.packages.add(value.split(":")[0])
+        elif key == "gpu":
+            parts = [p.strip() for p in value.split(",")]
+            if len(parts) == 4:
+                facts.gpus.append(Gpu(int(parts[0]), parts[1], parts[2], int(float(parts[3] or 0))))
+        elif key == "release":
+            facts.releases.append(value)
+        elif key.startswith("service_"):
+            facts.service[key[len("service_"):]] = value
+        elif key in ("disk_free_kb", "shm_kb"):
+            setattr(facts, key, int(value or 0))
+        elif key in ("user_exists", "root_is_unmanaged"):
+            setattr(facts, key, value == "yes")
+        elif hasattr(facts, key):
+            setattr(facts, key, value)
+    return facts
+
+
+def gather_facts(conn, triton_user: str) -> Facts:
+    return parse_facts(conn.run(gather_command(triton_user), timeout=60).stdout)

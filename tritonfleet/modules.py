@@ -1,0 +1,276 @@
+"""Modules: each reads facts, compares them with the desired state and runs only what is needed.
+
+Every module returns an Outcome (ok / changed / failed / skipped, a message, a diff for files) and honours
+check mode: in check mode it says what it would change and changes nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import triton
+from .errors import TritonfleetError
+from .paths import REPO_ROOT
+
+q = shlex.quote
+
+
+@dataclass
+class Outcome:
+    changed: bool = False
+    failed: bool = False
+    skipped: bool = False
+    msg: str = ""
+    diff: str = ""
+    data: dict = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return "failed" if self.failed else "skipped" if self.skipped else "changed" if self.changed else "ok"
+
+
+@dataclass(frozen=True)
+class Module:
+    run: Callable
+    required: tuple = ()
+    optional: tuple = ()
+    needs: tuple = ()  # "bundle", "repository": loaded and validated before any host is touched
+
+
+def _would(ctx, msg: str, **kw) -> Outcome:
+    return Outcome(changed=True, msg=("would " if ctx.check else "") + msg, **kw)
+
+
+def triton_preflight(ctx, args) -> Outcome:
+    problems = triton.preflight_problems(ctx.facts, ctx.bundle, ctx.repository)
+    if problems:
+        return Outcome(failed=True, msg="; ".join(problems))
+    return Outcome(msg=f"{ctx.facts.os_name}, python {ctx.facts.python_version}, {len(ctx.facts.gpus)} GPU(s)")
+
+
+def system_user(ctx, args) -> Outcome:
+    name = str(args["name"])
+    if ctx.facts.user_exists:
+        return Outcome(msg=f"user {name} exists")
+    if not ctx.check:
+        ctx.conn.run(f"useradd --system --user-group --home-dir /nonexistent --no-create-home "
+                     f"--shell /usr/sbin/nologin {q(name)}")
+        ctx.facts.user_exists = True
+    return _would(ctx, f"create system user {name}")
+
+
+def packages(ctx, args) -> Outcome:
+    names = [str(n) for n in args["names"]]
+    missing = [n for n in names if n not in ctx.facts.packages]
+    if not missing:
+        return Outcome(msg=f"installed: {', '.join(names)}")
+    if not ctx.check:
+        pkgs = " ".join(q(n) for n in missing)
+        if ctx.facts.pkg_mgr == "apt":
+            ctx.conn.run("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && "
+                         f"apt-get install -y -qq --no-install-recommends {pkgs}", timeout=900)
+        elif ctx.facts.pkg_mgr in ("dnf", "yum"):
+            ctx.conn.run(f"{ctx.facts.pkg_mgr} install -y {pkgs}", timeout=900)
+        elif ctx.facts.pkg_mgr == "zypper":
+            ctx.conn.run(f"zypper --non-interactive install {pkgs}", timeout=900)
+        else:
+            return Outcome(failed=True, msg=f"cannot install {', '.join(missing)}: no known package manager")
+        ctx.facts.packages.update(missing)
+    return _would(ctx, f"install {', '.join(missing)}")
+
+
+def triton_release(ctx, args) -> Outcome:
+    """Push the bundle as a release folder, unpacked beside the live one and marked complete last."""
+    bundle = ctx.bundle
+    if bundle.bundle_id in ctx.facts.releases:
+        return Outcome(msg=f"release {bundle.bundle_id} present")
+    needed_kb = bundle.size * 4 // 1024
+    if ctx.facts.disk_free_kb and ctx.facts.disk_free_kb < needed_kb:
+        return Outcome(failed=True, msg=f"not enough space in /opt: {ctx.facts.disk_free_kb // 1024} MiB free, "
+                                        f"release needs about {needed_kb // 1024} MiB")
+    if ctx.check:
+        return _would(ctx, f"push release {bundle.bundle_id} ({bundle.size // 2**20} MiB)")
+    final = triton.release_dir(bundle.bundle_id)
+    incoming = f"{triton.RELEASES_DIR}/.incoming-{bundle.bundle_id}"
+    ctx.progress(f"pushing {bundle.bundle_id} ({bundle.size // 2**20} MiB)")
+    script = (f"set -e; umask 022; rm -rf {q(incoming)} {q(final)}; mkdir -p {q(incoming)}; "
+              f"tar -xzf - -C {q(incoming)} --no-same-owner; chmod -R go-w {q(incoming)}; "
+              f"echo {q(bundle.sha256)} > {q(incoming + '/' + triton.RELEASE_MARKER)}; "
+              f"mv -T {q(incoming)} {q(final)}")
+    try:
+        ctx.conn.stream_file(bundle.path, script)
+    except TritonfleetError:
+        ctx.conn.run(f"rm -rf {q(incoming)}", check=False)
+        raise
+    ctx.facts.releases.append(bundle.bundle_id)
+    return Outcome(changed=True, msg=f"pushed release {bundle.bundle_id}", data={"bytes_sent": bundle.size})
+
+
+def python_stub(ctx, args) -> Outcome:
+    """The stub for the host's Python, in the release's backends/python, OWNED by the service user.
+
+    The Python backend chmods the stub at every model load; if the service user does not own it every
+    model fails with 'Failed to give execute permission to triton_python_backend_stub'.
+    """
+    user = str(args["owner"])
+    release = triton.release_dir(ctx.bundle.bundle_id)
+    source = f"{release}/{ctx.bundle.stub_path(ctx.facts.python_version)}"
+    dest = f"{release}/{triton.STUB_IN_RELEASE}"
+    state = ctx.conn.run(f"stat -c '%U %a' {q(dest)} 2>/dev/null && cmp -s {q(source)} {q(dest)} && echo same",
+                         check=False).stdout.split() if ctx.bundle.bundle_id in ctx.facts.releases else []
+    if state == [user, "755", "same"]:
+        return Outcome(msg=f"stub for python {ctx.facts.python_version} owned by {user}")
+    if not ctx.check:
+        ctx.conn.run(f"install -o {q(user)} -g {q(user)} -m 0755 {q(source)} {q(dest)}")
+    return _would(ctx, f"install the python {ctx.facts.python_version} stub owned by {user}")
+
+
+def triton_link(ctx, args) -> Outcome:
+    """Switch /opt/tritonserver to the release atomically (rename of a symlink); the old release stays."""
+    target = triton.release_dir(ctx.bundle.bundle_id)
+    if ctx.facts.root_is_unmanaged:
+        return Outcome(failed=True, msg=f"{triton.TRITON_ROOT} is a folder tritonfleet did not make: move it "
+                                        "away (e.g. to /opt/tritonserver.orig) and run again; nothing was changed")
+    if ctx.facts.live_release == target:
+        return Outcome(msg=f"{triton.TRITON_ROOT} -> {target}")
+    previous = ctx.facts.live_release or "(none)"
+    if not ctx.check:
+        tmp = f"{triton.TRITON_ROOT}.tritonfleet-tmp"
+        ctx.conn.run(f"ln -sfn {q(target)} {q(tmp)} && mv -Tf {q(tmp)} {q(triton.TRITON_ROOT)}")
+        ctx.facts.live_release = target
+    return _would(ctx, f"switch {triton.TRITON_ROOT} from {previous} to {target}")
+
+
+_ITEMIZE = re.compile(r"^(\*deleting|[<>ch.][fdLDS][.+?a-zA-Z]{9,10}) (.*)$")
+
+
+def model_repository(ctx, args) -> Outcome:
+    """rsync the validated repository: only what changed, root-owned, readable but not writable by the user."""
+    src = str(Path(args["src"]).resolve())
+    dest = str(args["dest"]).rstrip("/")
+    group = str(args["group"])
+    if not dest.startswith("/") or "\n" in dest:
+        return Outcome(failed=True, msg=f"dest must be an absolute path, got {dest!r}")
+    if not ctx.check:
+        ctx.conn.run(f"install -d -m 0755 {q(str(Path(dest).parent))} && "
+                     f"install -d -o root -g {q(group)} -m 0750 {q(dest)}")
+    rsh = shlex.join(ctx.conn.ssh_argv())
+    cmd = ["rsync", "-a", "--delete", "--itemize-changes", "--stats", "--protect-args",
+           f"--chown=root:{group}", "--chmod=D0750,F0640", "-e", rsh,
+           src + "/", f"{ctx.conn.target}:{dest}/"]
+    if ctx.check:
+        cmd.insert(1, "--dry-run")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        return Outcome(failed=True, msg=f"rsync to {dest} failed (exit {proc.returncode}): "
+                                        f"{proc.stderr.strip()[-1000:]}")
+    changes = [m.group(2) for m in map(_ITEMIZE.match, proc.stdout.splitlines())
+               if m and not (m.group(1).startswith(".") and m.group(2) == "./")]
+    sent = re.search(r"Total bytes sent: ([\d,]+)", proc.stdout)
+    data = {"bytes_sent": int(sent.group(1).replace(",", "")) if sent else 0, "files": changes}
+    if not changes:
+        return Outcome(msg=f"{dest} up to date ({ctx.repository.digest[:12]})", data=data)
+    shown = ", ".join(changes[:8]) + (f" and {len(changes) - 8} more" if len(changes) > 8 else "")
+    return _would(ctx, f"sync {len(changes)} change(s) to {dest}: {shown}", data=data)
+
+
+def template(ctx, args) -> Outcome:
+    src = Path(args["src"])
+    src = src if src.is_absolute() else REPO_ROOT / "templates" / src
+    dest = str(args["dest"])
+    from .playbook import JINJA
+    try:
+        wanted = JINJA.from_string(src.read_text()).render(ctx.vars)
+    except OSError as exc:
+        return Outcome(failed=True, msg=f"template {src}: {exc.strerror}")
+    current = ctx.conn.run(f"cat {q(dest)} 2>/dev/null", check=False).stdout
+    if current == wanted:
+        return Outcome(msg=f"{dest} up to date")
+    diff = "".join(difflib.unified_diff(current.splitlines(True), wanted.splitlines(True),
+                                        fromfile=f"{dest} (on host)", tofile=f"{dest} (wanted)"))
+    if not ctx.check:
+        ctx.conn.put_text(wanted, dest, mode=str(args.get("mode", "0644")), owner=str(args.get("owner", "root")),
+                          group=str(args.get("group", "root")))
+    return _would(ctx, f"write {dest}", diff=diff)
+
+
+def systemd(ctx, args) -> Outcome:
+    name = str(args["name"])
+    state = args.get("state")
+    show = ctx.conn.run(f"systemctl show {q(name)} -p ActiveState -p UnitFileState -p NeedDaemonReload "
+                        "-p LoadState", check=False).stdout
+    props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+    actions = []
+    if props.get("NeedDaemonReload") == "yes" or (args.get("daemon_reload") and props.get("LoadState") != "loaded"):
+        actions.append(("reload units", "systemctl daemon-reload"))
+    if args.get("enabled") is True and props.get("UnitFileState") != "enabled":
+        actions.append((f"enable {name}", f"systemctl enable {q(name)}"))
+    if state == "started" and props.get("ActiveState") != "active":
+        actions.append((f"start {name}", f"systemctl start {q(name)}"))
+    elif state == "restarted":
+        actions.append((f"restart {name}", f"systemctl restart {q(name)}"))
+    elif state == "stopped" and props.get("ActiveState") in ("active", "activating", "reloading"):
+        actions.append((f"stop {name}", f"systemctl stop {q(name)}"))
+    if not actions:
+        return Outcome(msg=f"{name} {props.get('ActiveState', 'unknown')}, {props.get('UnitFileState', 'unknown')}")
+    if not ctx.check:
+        ctx.conn.run(" && ".join(cmd for _, cmd in actions), timeout=120)
+    return _would(ctx, ", ".join(what for what, _ in actions))
+
+
+def _journal_tail(ctx, lines: int = 25) -> str:
+    return ctx.conn.run(f"journalctl -u {q(triton.SERVICE)} -n {lines} --no-pager -o cat 2>&1", check=False,
+                        timeout=30).stdout.strip()
+
+
+def wait_ready(ctx, args) -> Outcome:
+    """Bounded poll of the server's readiness from the control machine; on failure, say which model and why."""
+    if ctx.check:
+        return Outcome(skipped=True, msg="check mode: the server is not polled")
+    from .smoke import wait_until_ready
+    v = ctx.vars
+    ready, index = wait_until_ready(ctx.host.address, int(v["triton_http_port"]),
+                                    timeout_s=float(args.get("timeout", v["triton_ready_timeout"])))
+    if ready:
+        return Outcome(msg=f"server ready with {len(index)} model(s)")
+    failed = [f"model '{m.get('name')}' is {m.get('state', 'UNKNOWN')}: {m.get('reason') or 'no reason given'}"
+              for m in index if m.get("state") != "READY"]
+    detail = "\n".join(failed) or "server did not become ready"
+    return Outcome(failed=True, msg=detail, data={"journal": _journal_tail(ctx), "index": index})
+
+
+def smoke(ctx, args) -> Outcome:
+    if ctx.check:
+        return Outcome(skipped=True, msg="check mode: no inference sent")
+    from .smoke import smoke_test
+    v = ctx.vars
+    report = smoke_test(ctx.host.address, int(v["triton_http_port"]), int(v["triton_grpc_port"]),
+                        timeout_s=float(args.get("timeout", 30)))
+    data = {"smoke": {m.name: {"ok": m.ok, "state": m.state, "latency_ms": m.latency_ms, "error": m.error,
+                               "reason": m.reason} for m in report.models}}
+    if not report.ok:
+        return Outcome(failed=True, msg="\n".join(report.failures()), data=data)
+    lat = ", ".join(f"{m.name} {m.latency_ms.get('http', 0):.1f}/{m.latency_ms.get('grpc', 0):.1f} ms"
+                    for m in report.models)
+    return Outcome(msg=f"{len(report.models)} model(s) answered (http/grpc): {lat}", data=data)
+
+
+MODULES: dict[str, Module] = {
+    "triton_preflight": Module(triton_preflight, needs=("bundle", "repository")),
+    "system_user": Module(system_user, required=("name",)),
+    "packages": Module(packages, required=("names",)),
+    "triton_release": Module(triton_release, needs=("bundle",)),
+    "python_stub": Module(python_stub, required=("owner",), needs=("bundle",)),
+    "triton_link": Module(triton_link, needs=("bundle",)),
+    "model_repository": Module(model_repository, required=("src", "dest", "group"), needs=("repository",)),
+    "template": Module(template, required=("src", "dest"), optional=("mode", "owner", "group")),
+    "systemd": Module(systemd, required=("name",), optional=("state", "enabled", "daemon_reload")),
+    "wait_ready": Module(wait_ready, optional=("timeout",)),
+    "smoke": Module(smoke, optional=("timeout",)),
+}

@@ -1,0 +1,242 @@
+"""Run a playbook on a set of hosts: everything checked first, then hosts in parallel, one connection each.
+
+Before any host is touched: the playbook (modules, arguments, Jinja2, notify targets), the server flags
+of every host, the bundle and every model repository the run will push. Then each host gathers facts
+once and runs its plays; handlers run once each, at `meta: flush_handlers` or at the end.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import triton
+from .connection import HostConnection, Unreachable
+from .errors import TritonfleetError
+from .facts import gather_facts
+from .inventory import Host
+from .modules import MODULES, Outcome
+from .playbook import Play, Playbook, Task, evaluate_when, load_playbook, render
+from .report import Reporter
+
+MAGIC_VARS = {"facts", "inventory_hostname", "inventory_dir", "group_names", "triton_server_args",
+              "triton_root", "triton_unit_path", "triton_packages", "bundle", "repository"}
+
+
+@dataclass
+class HostRun:
+    name: str
+    counts: dict = field(default_factory=lambda: {"ok": 0, "changed": 0, "failed": 0, "skipped": 0})
+    unreachable: bool = False
+    error: str = ""
+    steps: list = field(default_factory=list)
+    bytes_sent: int = 0
+    facts: dict = field(default_factory=dict)
+    live_release: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.unreachable or self.counts["failed"] > 0
+
+    def as_dict(self) -> dict:
+        return {"host": self.name, **self.counts, "unreachable": self.unreachable, "error": self.error,
+                "bytes_sent": self.bytes_sent, "live_release": self.live_release, "facts": self.facts,
+                "steps": self.steps}
+
+
+@dataclass
+class RunResult:
+    playbook: str
+    check: bool
+    hosts: list
+
+    @property
+    def ok(self) -> bool:
+        return not any(h.failed for h in self.hosts)
+
+    @property
+    def changed(self) -> int:
+        return sum(h.counts["changed"] for h in self.hosts)
+
+    def as_dict(self) -> dict:
+        return {"playbook": self.playbook, "check": self.check, "ok": self.ok, "changed": self.changed,
+                "hosts": [h.as_dict() for h in self.hosts]}
+
+
+class HostContext:
+    """What a module sees: the host, its connection, its facts, its vars, and the run's inputs."""
+
+    def __init__(self, host: Host, conn: HostConnection, hostvars: dict, check: bool, bundle, repository,
+                 progress):
+        self.host, self.conn, self.vars, self.check = host, conn, hostvars, check
+        self.bundle, self.repository, self.progress = bundle, repository, progress
+        self.facts = None
+
+
+def host_vars(host: Host, extra_vars: dict) -> dict:
+    """Defaults < inventory (already merged with Ansible's precedence) < extra vars (command line)."""
+    merged = {**triton.DEFAULT_VARS, **host.vars, **extra_vars}
+    merged["triton_server_args"] = triton.server_args(merged)
+    merged["triton_root"] = triton.TRITON_ROOT
+    merged["triton_unit_path"] = triton.UNIT_PATH
+    return merged
+
+
+def _play_applies(play: Play, host: Host) -> bool:
+    patterns = [p.strip() for p in play.hosts.replace(",", ":").split(":") if p.strip()]
+    return any(p in ("all", "*", host.name) or p in host.groups for p in patterns)
+
+
+def _known_vars(hostvars: list[dict]) -> set[str]:
+    common = set.intersection(*(set(v) for v in hostvars)) if hostvars else set()
+    return common | set(triton.DEFAULT_VARS) | MAGIC_VARS
+
+
+def prepare(playbook_path: str | Path, hosts: list[Host], extra_vars: dict | None = None,
+            bundle_source: str | None = None, progress=print):
+    """Everything that can be checked without a host; raises TritonfleetError before any host is touched."""
+    extra_vars = extra_vars or {}
+    all_vars = {}
+    for host in hosts:
+        try:
+            all_vars[host.name] = host_vars(host, extra_vars)
+        except TritonfleetError as exc:
+            raise TritonfleetError(f"host {host.name}: {exc.message}", hint=exc.hint) from None
+    book = load_playbook(playbook_path, MODULES, _known_vars(list(all_vars.values())))
+    needs = {n for m in book.modules_used() if m in MODULES for n in MODULES[m].needs}
+    bundle = None
+    if "bundle" in needs:
+        from .bundle import build_bundle, default_bundle, load_bundle
+        if bundle_source and bundle_source.endswith(".tar.gz") and Path(bundle_source).with_suffix("").with_suffix(
+                ".json").exists():
+            bundle = load_bundle(bundle_source)
+        else:
+            bundle = build_bundle(bundle_source, progress=progress) if bundle_source else default_bundle(progress)
+    repositories = {}
+    if needs & {"repository", "bundle"}:
+        from .models import validate_repository
+        for name, v in all_vars.items():
+            path = str(Path(str(v["model_repository"])).expanduser().resolve())
+            if path not in repositories:
+                repositories[path] = validate_repository(path)
+            v["model_repository"] = path
+    for v in all_vars.values():
+        if bundle is not None:
+            v["bundle"] = {"id": bundle.bundle_id, "triton_version": bundle.triton_version}
+        if v["model_repository"] in repositories:
+            v["repository"] = {"digest": repositories[v["model_repository"]].digest}
+    return book, all_vars, bundle, repositories
+
+
+def run_playbook(playbook_path: str | Path, hosts: list[Host], *, check: bool = False,
+                 extra_vars: dict | None = None, bundle_source: str | None = None, forks: int = 10,
+                 tags: tuple = (), reporter: Reporter | None = None) -> RunResult:
+    reporter = reporter or Reporter()
+    book, all_vars, bundle, repositories = prepare(playbook_path, hosts, extra_vars, bundle_source,
+                                                   progress=reporter.info)
+    reporter.start(book, hosts, check)
+
+    def one(host: Host) -> HostRun:
+        hv = all_vars[host.name]
+        run = HostRun(host.name)
+        repo = repositories.get(hv["model_repository"])
+        try:
+            conn = HostConnection(host)
+        except Unreachable as exc:
+            run.unreachable, run.error = True, str(exc)
+            reporter.unreachable(host.name, str(exc))
+            return run
+        ctx = HostContext(host, conn, hv, check, bundle, repo, lambda msg: reporter.progress(host.name, msg))
+        try:
+            _run_host(book, ctx, run, tags, reporter)
+        except Unreachable as exc:
+            run.unreachable, run.error = True, str(exc)
+            reporter.unreachable(host.name, str(exc))
+        finally:
+            conn.close()
+        return run
+
+    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
+        runs = list(pool.map(one, hosts))
+    result = RunResult(str(book.path), check, runs)
+    reporter.recap(result)
+    return result
+
+
+def _run_host(book: Playbook, ctx: HostContext, run: HostRun, tags: tuple, reporter: Reporter) -> None:
+    ctx.facts = gather_facts(ctx.conn, str(ctx.vars["triton_user"]))
+    ctx.vars["facts"] = ctx.facts.as_dict()
+    ctx.vars["triton_packages"] = _packages_for(ctx)
+    run.facts = ctx.facts.summary()
+    notified: list[str] = []
+    handlers = book.handlers
+    for play in book.plays:
+        if not _play_applies(play, ctx.host):
+            continue
+        context = {**play.vars, **ctx.vars}
+        for task in play.tasks:
+            if task.module == "meta":
+                if not _flush(notified, handlers, ctx, run, reporter, context):
+                    return
+                continue
+            if tags and not set(task.tags) & set(tags):
+                continue
+            outcome = _run_task(task, ctx, context)
+            _record(run, task, outcome, reporter, ctx.host.name)
+            if outcome.failed:
+                return
+            if outcome.changed:
+                notified += [n for n in task.notify if n not in notified]
+    _flush(notified, handlers, ctx, run, reporter, {**ctx.vars})
+    run.live_release = ctx.facts.live_release
+
+
+def _packages_for(ctx: HostContext) -> list[str]:
+    if "triton_packages" in ctx.host.vars:
+        return list(ctx.host.vars["triton_packages"] or [])
+    if not ctx.facts.python_version:
+        return []
+    try:
+        return triton.python_packages(ctx.facts.pkg_mgr, ctx.facts.python_version)
+    except TritonfleetError:
+        return []  # the preflight step reports the missing package manager with its fix
+
+
+def _run_task(task: Task, ctx: HostContext, context: dict) -> Outcome:
+    try:
+        if not evaluate_when(task.when, context):
+            return Outcome(skipped=True, msg="condition false")
+        args = render(task.args, context)
+        return MODULES[task.module].run(ctx, args)
+    except Unreachable:
+        raise
+    except TritonfleetError as exc:
+        return Outcome(failed=True, msg=str(exc))
+    except Exception as exc:  # a module bug must fail the host, with where it happened
+        return Outcome(failed=True, msg=f"{type(exc).__name__}: {exc} (in step at {task.where})")
+
+
+def _flush(notified: list, handlers: dict, ctx, run, reporter, context) -> bool:
+    while notified:
+        name = notified.pop(0)
+        handler = handlers[name]
+        outcome = _run_task(handler, ctx, {**context})
+        _record(run, handler, outcome, reporter, ctx.host.name, handler=True)
+        if outcome.failed:
+            return False
+    return True
+
+
+def _record(run: HostRun, task: Task, outcome: Outcome, reporter: Reporter, host: str, handler=False) -> None:
+    run.counts[outcome.status] += 1
+    run.bytes_sent += int(outcome.data.get("bytes_sent", 0))
+    step = {"task": task.name, "module": task.module, "status": outcome.status, "msg": outcome.msg,
+            "handler": handler}
+    if outcome.diff:
+        step["diff"] = outcome.diff
+    extra = {k: v for k, v in outcome.data.items() if k != "bytes_sent"}
+    if extra:
+        step["data"] = extra
+    run.steps.append(step)
+    reporter.step(host, task, outcome, handler)

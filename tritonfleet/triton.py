@@ -1,0 +1,126 @@
+"""Everything tritonfleet knows about running Triton's Python backend on a bare host, in one place.
+
+Layout, flags, the stub, packages and the defaults that keep users out of the traps listed in
+`triton-on-bare-metal.md` (trailing slash on --backend-directory, missing numpy or libpython, a stub the
+service user does not own, --exit-on-error restart loops).
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from .errors import TritonfleetError
+from .paths import REPO_ROOT
+
+SERVICE = "tritonserver"
+UNIT_PATH = f"/etc/systemd/system/{SERVICE}.service"
+# The compiled-in default root: the server finds its backends under /opt/tritonserver/backends with no flag.
+TRITON_ROOT = "/opt/tritonserver"
+DEFAULT_BACKEND_DIRECTORY = f"{TRITON_ROOT}/backends"
+RELEASES_DIR = "/opt/tritonfleet/releases"
+RELEASE_MARKER = ".tritonfleet-release"  # written last: a release folder without it is incomplete
+STUB_NAME = "triton_python_backend_stub"
+STUB_IN_RELEASE = f"backends/python/{STUB_NAME}"
+PYTHON_BACKEND_FILES = ("backends/python/libtriton_python.so", "backends/python/triton_python_backend_utils.py")
+
+# Inventory vars and their defaults (lowest precedence, like an Ansible role's defaults/).
+DEFAULT_VARS = {
+    "triton_user": "triton",
+    "model_repository": str(REPO_ROOT / "examples" / "models"),
+    "triton_model_repository_path": "/srv/tritonfleet/models",
+    "triton_http_port": 8000,
+    "triton_grpc_port": 8001,
+    "triton_metrics_port": 8002,
+    "triton_http_address": "0.0.0.0",
+    "triton_grpc_address": "0.0.0.0",
+    "triton_metrics_address": "0.0.0.0",
+    "triton_model_control_mode": "none",
+    "triton_log_verbose": 0,
+    "triton_backend_config": {},  # e.g. {python: {shm-default-byte-size: 16777216}}
+    "triton_backend_directory": "",  # unset: the compiled-in default, which is what we install
+    "triton_exit_on_error": False,
+    "triton_strict_readiness": True,
+    "triton_extra_args": [],
+    "triton_ready_timeout": 180,
+}
+
+MODEL_CONTROL_MODES = ("none", "poll", "explicit")
+
+
+def normalize_backend_directory(path: str) -> str:
+    """A user's --backend-directory without trailing slashes.
+
+    The Python backend compares `<backend-dir> + "/python"` with the path the core found as strings; a
+    trailing slash makes them differ and every Python model fails with `No module named 'model'`
+    (triton-inference-server/server#6730, #7410).
+    """
+    path = str(path).strip()
+    return path.rstrip("/") or "/"
+
+
+def server_args(v: dict) -> list[str]:
+    """The tritonserver command line for a host's vars: only flags that differ from safe defaults."""
+    mode = str(v["triton_model_control_mode"])
+    if mode not in MODEL_CONTROL_MODES:
+        raise TritonfleetError(f"triton_model_control_mode is '{mode}'",
+                               hint=f"use one of {', '.join(MODEL_CONTROL_MODES)}")
+    args = [
+        f"--model-repository={v['triton_model_repository_path']}",
+        f"--model-control-mode={mode}",
+        f"--http-port={int(v['triton_http_port'])}",
+        f"--grpc-port={int(v['triton_grpc_port'])}",
+        f"--metrics-port={int(v['triton_metrics_port'])}",
+        f"--http-address={v['triton_http_address']}",
+        f"--grpc-address={v['triton_grpc_address']}",
+        f"--metrics-address={v['triton_metrics_address']}",
+        # A model that fails to load is reported UNAVAILABLE with its reason instead of a restart loop.
+        f"--exit-on-error={str(bool(v['triton_exit_on_error'])).lower()}",
+        f"--strict-readiness={str(bool(v['triton_strict_readiness'])).lower()}",
+        f"--log-verbose={int(v['triton_log_verbose'])}",
+    ]
+    if mode == "explicit":
+        args.append("--load-model=*")
+    if v.get("triton_backend_directory"):
+        args.append(f"--backend-directory={normalize_backend_directory(v['triton_backend_directory'])}")
+    for backend, settings in (v.get("triton_backend_config") or {}).items():
+        for key, value in (settings or {}).items():
+            args.append(f"--backend-config={backend},{key}={value}")
+    args += [str(a) for a in v.get("triton_extra_args") or []]
+    return args
+
+
+def python_packages(pkg_mgr: str, python_version: str) -> list[str]:
+    """Packages that give the stub its shared libpython and numpy (the stub imports numpy at start)."""
+    if pkg_mgr == "apt":
+        return [f"libpython{python_version}", "python3-numpy", "rsync"]
+    if pkg_mgr in ("dnf", "yum"):
+        return ["python3-libs", "python3-numpy", "rsync"]
+    if pkg_mgr == "zypper":
+        return [f"libpython{python_version.replace('.', '_')}-1_0", "python3-numpy", "rsync"]
+    raise TritonfleetError(
+        f"no known package manager on the host (found '{pkg_mgr or 'none'}')",
+        hint=f"install the shared libpython{python_version}, numpy for python3 and rsync yourself, "
+             "then set `triton_packages: []` in the inventory")
+
+
+def release_dir(release_id: str) -> str:
+    return str(PurePosixPath(RELEASES_DIR) / release_id)
+
+
+def preflight_problems(facts, bundle, repository) -> list[str]:
+    """Reasons this host cannot run this bundle and repository, found before anything is changed."""
+    problems = []
+    if facts.init != "systemd":
+        problems.append(f"PID 1 is '{facts.init}', not systemd: tritonfleet runs Triton as a systemd service")
+    if not facts.python_version:
+        problems.append("the host has no python3: the Python backend stub embeds the host's Python "
+                        "(install python3 first)")
+    elif facts.python_version not in bundle.python_versions:
+        problems.append(f"the host's python3 is {facts.python_version} but bundle {bundle.bundle_id} has stubs "
+                        f"only for {', '.join(bundle.python_versions)}: use a bundle with a {facts.python_version} "
+                        "stub or a host with one of those Pythons")
+    gpu_models = sorted(m.name for m in repository.models.values() if m.uses_gpu())
+    if gpu_models and not facts.gpus:
+        problems.append(f"model(s) {', '.join(gpu_models)} ask for KIND_GPU instances but the host has no GPU "
+                        "(nvidia-smi found none): use KIND_CPU for them or deploy to a GPU host")
+    return problems
