@@ -1,0 +1,62 @@
+"""Shared fixtures: real lab hosts (systemd-nspawn, one netns each) reached over real SSH."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tritonfleet import lab as labmod
+from tritonfleet.lab import LabHost
+from tritonfleet.paths import REPO_ROOT
+
+INVENTORY = REPO_ROOT / "inventory" / "hosts.yml"
+
+
+def _lab_hosts() -> list[LabHost]:
+    """The lab group of the repository's inventory, in inventory order."""
+    data = yaml.safe_load(INVENTORY.read_text())
+    hosts = data["all"]["children"]["lab"]["hosts"]
+    return [LabHost(name, vars_["ansible_host"]) for name, vars_ in hosts.items()]
+
+
+LAB_HOSTS: list[LabHost] = _lab_hosts()
+
+
+def ssh(host: LabHost | str, command: str, *, timeout: float = 300,
+        known_hosts: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `command` on a lab host with OpenSSH exactly as a user would: lab key, strict host keys."""
+    address = host.address if isinstance(host, LabHost) else host
+    args = ["ssh", "-i", str(labmod.LAB_KEY),
+            "-o", f"UserKnownHostsFile={known_hosts or labmod.KNOWN_HOSTS}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+            "-o", "LogLevel=ERROR", f"root@{address}", command]
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+class Lab:
+    """Handle the session's tests use: ensure(n) brings up gpu01..gpuNN, reset(name) cleans one."""
+
+    def ensure(self, n: int) -> list[LabHost]:
+        hosts = LAB_HOSTS[:n]
+        labmod.up(hosts, progress=lambda msg: None)
+        return hosts
+
+    def reset(self, name: str) -> labmod.HostState:
+        return labmod.reset_host(name)
+
+    def down(self) -> None:
+        labmod.down(progress=lambda msg: None)
+
+
+@pytest.fixture(scope="session")
+def lab():
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root")
+    handle = Lab()
+    yield handle
+    if os.environ.get("TRITONFLEET_KEEP_LAB") != "1":
+        handle.down()
