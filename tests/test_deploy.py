@@ -1,0 +1,192 @@
+"""`invoke deploy` on a real lab host: real SSH, real systemd, a real tritonserver, real tritonclient calls.
+
+The tests run in order on gpu01 (a fresh host at the start of the module) and share its state, the way an
+operator's successive deploys do.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from conftest import ssh
+from tritonfleet.paths import REPO_ROOT
+
+pytestmark = pytest.mark.lab
+
+EXAMPLES = REPO_ROOT / "examples" / "models"
+HOST = "gpu01"
+ADDRESS = "10.213.0.11"
+
+
+def invoke(*args, check_exit: int | None = 0, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["invoke", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    if check_exit is not None:
+        assert proc.returncode == check_exit, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def deploy(*extra, check_exit: int | None = 0):
+    proc = invoke("deploy", "--host", HOST, "--json", *extra, check_exit=check_exit)
+    report = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else None
+    return proc, report
+
+
+def on_host(command: str) -> str:
+    res = ssh(ADDRESS, command)
+    assert res.returncode == 0, f"{command}: {res.stderr}"
+    return res.stdout.strip()
+
+
+def server_pid() -> int:
+    return int(on_host("systemctl show tritonserver -p MainPID --value"))
+
+
+@pytest.fixture(scope="module")
+def host(lab):
+    lab.ensure(1)
+    lab.reset(HOST)
+    return HOST
+
+
+@pytest.fixture(scope="module")
+def first_deploy(host):
+    before = {
+        "numpy": ssh(ADDRESS, "python3 -c 'import numpy'").returncode,
+        "libpython": ssh(ADDRESS, "ls /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0").returncode,
+    }
+    proc, report = deploy()
+    return before, proc, report
+
+
+def test_fresh_host_lacks_numpy_and_libpython_and_deploy_installs_them(first_deploy):
+    before, _, report = first_deploy
+    assert before == {"numpy": 1, "libpython": 2}, "the lab base image must not ship them"
+    assert report["ok"] and report["changed"] > 0
+    on_host("python3 -c 'import numpy'")
+    on_host("test -e /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0")
+
+
+def test_service_active_enabled_running_as_triton_without_backend_directory(first_deploy):
+    assert on_host("systemctl is-active tritonserver") == "active"
+    assert on_host("systemctl is-enabled tritonserver") == "enabled"
+    pid = server_pid()
+    assert on_host(f"stat -c %U /proc/{pid}") == "triton"
+    cmdline = on_host(f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+    assert cmdline.startswith("/opt/tritonserver/bin/tritonserver ")
+    assert "--backend-directory" not in cmdline
+    assert "--model-repository=/srv/tritonfleet/models" in cmdline
+
+
+def test_default_layout_and_stub_owned_by_service_user(first_deploy):
+    on_host("test -x /opt/tritonserver/bin/tritonserver && test -f /opt/tritonserver/backends/python/libtriton_python.so")
+    assert on_host("stat -c '%U %a' /opt/tritonserver/backends/python/triton_python_backend_stub") == "triton 755"
+    assert on_host("stat -c %U /opt/tritonserver/bin/tritonserver") == "root"
+    assert on_host("readlink /opt/tritonserver").startswith("/opt/tritonfleet/releases/triton-2.51.0-")
+    # models readable but not writable by the service user
+    assert on_host("stat -c '%U %G %a' /srv/tritonfleet/models/add_sub/1/model.py") == "root triton 640"
+    assert ssh(ADDRESS, "runuser -u triton -- touch /srv/tritonfleet/models/add_sub/x").returncode != 0
+
+
+def test_every_model_ready_and_inference_from_control_machine_is_right(first_deploy):
+    _, _, report = first_deploy
+    smoke = next(s for s in report["hosts"][0]["steps"] if s["module"] == "smoke")
+    assert set(smoke["data"]["smoke"]) == {"add_sub", "add_sub_chain", "echo_types", "str_upper"}
+    client = httpclient.InferenceServerClient(f"{ADDRESS}:8000", connection_timeout=10, network_timeout=30)
+    index = client.get_model_repository_index()
+    assert {m["name"]: m["state"] for m in index} == {n: "READY" for n in smoke["data"]["smoke"]}
+    a = np.array([1, 2, 3, 4], dtype=np.float32)
+    b = np.array([10, 20, 30, 40], dtype=np.float32)
+    inputs = [httpclient.InferInput("INPUT0", [4], "FP32"), httpclient.InferInput("INPUT1", [4], "FP32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    result = client.infer("add_sub", inputs)
+    assert result.as_numpy("OUTPUT0").tolist() == [11, 22, 33, 44]
+    assert result.as_numpy("OUTPUT1").tolist() == [-9, -18, -27, -36]
+
+
+def test_second_deploy_changes_nothing_and_keeps_the_server_process(first_deploy):
+    pid = server_pid()
+    proc, report = deploy()
+    assert report["changed"] == 0
+    assert "changed=0" in proc.stderr
+    assert server_pid() == pid
+
+
+def test_check_mode_shows_unit_diff_and_changes_nothing(first_deploy, tmp_path):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text((REPO_ROOT / "inventory" / "hosts.yml").read_text().replace(
+        "gpu01: {ansible_host: 10.213.0.11}", "gpu01: {ansible_host: 10.213.0.11, triton_log_verbose: 1}"))
+    pid = server_pid()
+    unit = on_host("cat /etc/systemd/system/tritonserver.service")
+    proc, report = deploy("--check", "--inventory", str(inventory))
+    assert report["check"] and report["changed"] >= 1
+    assert "-ExecStart=" in proc.stderr and "+ExecStart=" in proc.stderr and "--log-verbose=1" in proc.stderr
+    assert on_host("cat /etc/systemd/system/tritonserver.service") == unit
+    assert server_pid() == pid
+
+
+def test_stub_given_to_root_is_taken_back(first_deploy):
+    on_host("chown root:root /opt/tritonserver/backends/python/triton_python_backend_stub")
+    _, report = deploy()
+    steps = {s["task"]: s["status"] for s in report["hosts"][0]["steps"]}
+    assert steps["Python backend stub for the host's Python, owned by the service user"] == "changed"
+    assert on_host("stat -c %U /opt/tritonserver/backends/python/triton_python_backend_stub") == "triton"
+
+
+def test_removed_numpy_is_reinstalled_and_server_restarted(first_deploy):
+    on_host("DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq python3-numpy")
+    pid = server_pid()
+    _, report = deploy()
+    assert report["ok"]
+    on_host("python3 -c 'import numpy'")
+    assert server_pid() != pid
+
+
+def test_trailing_slash_backend_directory_is_normalised(first_deploy, tmp_path):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text((REPO_ROOT / "inventory" / "hosts.yml").read_text().replace(
+        "gpu01: {ansible_host: 10.213.0.11}",
+        "gpu01: {ansible_host: 10.213.0.11, triton_backend_directory: /opt/tritonserver/backends/}"))
+    proc, report = deploy("--inventory", str(inventory))
+    assert report["ok"], proc.stderr[-3000:]
+    cmdline = on_host(f"tr '\\0' ' ' < /proc/{server_pid()}/cmdline")
+    assert "--backend-directory=/opt/tritonserver/backends " in cmdline
+    _, report = deploy()  # back to the default: no flag at all
+    assert "--backend-directory" not in on_host(f"tr '\\0' ' ' < /proc/{server_pid()}/cmdline")
+
+
+def test_model_with_python_syntax_error_fails_naming_model_and_error(first_deploy, tmp_path):
+    repo = tmp_path / "models"
+    shutil.copytree(EXAMPLES, repo)
+    (repo / "str_upper" / "1" / "model.py").write_text("def broken(:\n    pass\n")
+    proc, report = deploy("--models", str(repo), check_exit=1)
+    assert not report["ok"]
+    assert "str_upper" in proc.stderr and "SyntaxError" in proc.stderr
+    _, report = deploy()  # the good repository again: every model back to READY
+    assert report["ok"]
+
+
+def test_malformed_config_is_refused_before_anything_is_pushed(first_deploy, tmp_path):
+    repo = tmp_path / "models"
+    shutil.copytree(EXAMPLES, repo)
+    (repo / "add_sub" / "config.pbtxt").write_text(textwrap.dedent("""\
+        name: "add_sub"
+        backend: "python"
+        max_batch_size: 0
+        input [ { name: "INPUT0" data_type: TYPE_FLOAT32 dims: [ 4 ] } ]
+        """))
+    before = on_host("find /srv/tritonfleet/models -newer /etc/hostname -printf '%p %T@\\n' | sort | sha256sum")
+    pid = server_pid()
+    proc, report = deploy("--models", str(repo), check_exit=2)
+    assert report is None
+    assert "config.pbtxt:4" in proc.stderr and "add_sub" in proc.stderr
+    assert on_host("find /srv/tritonfleet/models -newer /etc/hostname -printf '%p %T@\\n' | sort | sha256sum") == before
+    assert server_pid() == pid
