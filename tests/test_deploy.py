@@ -141,12 +141,14 @@ def test_stub_given_to_root_is_taken_back(first_deploy):
     assert on_host("stat -c %U /opt/tritonserver/backends/python/triton_python_backend_stub") == "triton"
 
 
-def test_removed_numpy_is_reinstalled_and_server_restarted(first_deploy):
-    on_host("DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq python3-numpy")
+def test_removed_numpy_and_libpython_are_reinstalled_and_server_restarted(first_deploy):
+    on_host("DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq python3-numpy libpython3.11")
     pid = server_pid()
     _, report = deploy()
     assert report["ok"]
-    on_host("python3 -c 'import numpy'")
+    steps = {s["task"]: s for s in report["hosts"][0]["steps"]}
+    assert "libpython3.11, python3-numpy" in steps["Shared libpython, numpy and rsync for the Python backend stub"]["msg"]
+    on_host("python3 -c 'import numpy' && test -e /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0")
     assert server_pid() != pid
 
 
@@ -157,19 +159,31 @@ def test_trailing_slash_backend_directory_is_normalised(first_deploy, tmp_path):
         "gpu01: {ansible_host: 10.213.0.11, triton_backend_directory: /opt/tritonserver/backends/}"))
     proc, report = deploy("--inventory", str(inventory))
     assert report["ok"], proc.stderr[-3000:]
-    cmdline = on_host(f"tr '\\0' ' ' < /proc/{server_pid()}/cmdline")
-    assert "--backend-directory=/opt/tritonserver/backends " in cmdline
+    argv = on_host(f"tr '\\0' '\\n' < /proc/{server_pid()}/cmdline").splitlines()
+    assert "--backend-directory=/opt/tritonserver/backends" in argv
     _, report = deploy()  # back to the default: no flag at all
     assert "--backend-directory" not in on_host(f"tr '\\0' ' ' < /proc/{server_pid()}/cmdline")
 
 
-def test_model_with_python_syntax_error_fails_naming_model_and_error(first_deploy, tmp_path):
+def test_model_with_python_syntax_error_is_refused_naming_model_and_error(first_deploy, tmp_path):
     repo = tmp_path / "models"
     shutil.copytree(EXAMPLES, repo)
     (repo / "str_upper" / "1" / "model.py").write_text("def broken(:\n    pass\n")
+    pid = server_pid()
+    proc, report = deploy("--models", str(repo), check_exit=2)
+    assert "str_upper" in proc.stderr and "syntax error" in proc.stderr and "model.py:1" in proc.stderr
+    assert server_pid() == pid
+
+
+def test_model_failing_on_the_server_fails_the_deploy_naming_model_and_error(first_deploy, tmp_path):
+    repo = tmp_path / "models"
+    shutil.copytree(EXAMPLES, repo)
+    model_py = repo / "str_upper" / "1" / "model.py"
+    model_py.write_text("import package_that_is_not_installed\n" + model_py.read_text())
     proc, report = deploy("--models", str(repo), check_exit=1)
     assert not report["ok"]
-    assert "str_upper" in proc.stderr and "SyntaxError" in proc.stderr
+    assert "model 'str_upper' is UNAVAILABLE" in proc.stderr
+    assert "No module named 'package_that_is_not_installed'" in proc.stderr
     _, report = deploy()  # the good repository again: every model back to READY
     assert report["ok"]
 

@@ -13,7 +13,7 @@ from .inventory import DEFAULT_INVENTORY, load_inventory
 from .paths import REPO_ROOT
 from .report import Reporter
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class CommandFailed(SystemExit):

@@ -29,6 +29,7 @@ class Outcome:
     msg: str = ""
     diff: str = ""
     data: dict = field(default_factory=dict)
+    show: bool = False  # print the message even when ok (results a person asked for, like latencies)
 
     @property
     def status(self) -> str:
@@ -161,7 +162,8 @@ def model_repository(ctx, args) -> Outcome:
         ctx.conn.run(f"install -d -m 0755 {q(str(Path(dest).parent))} && "
                      f"install -d -o root -g {q(group)} -m 0750 {q(dest)}")
     rsh = shlex.join(ctx.conn.ssh_argv())
-    cmd = ["rsync", "-a", "--delete", "--itemize-changes", "--stats", "--protect-args",
+    # Bytecode caches are the control machine's, not the model's: the server compiles its own.
+    cmd = ["rsync", "-a", "--delete", "--itemize-changes", "--stats", "--protect-args", "--exclude=__pycache__/",
            f"--chown=root:{group}", "--chmod=D0750,F0640", "-e", rsh,
            src + "/", f"{ctx.conn.target}:{dest}/"]
     if ctx.check:
@@ -258,7 +260,7 @@ def smoke(ctx, args) -> Outcome:
         return Outcome(failed=True, msg="\n".join(report.failures()), data=data)
     lat = ", ".join(f"{m.name} {m.latency_ms.get('http', 0):.1f}/{m.latency_ms.get('grpc', 0):.1f} ms"
                     for m in report.models)
-    return Outcome(msg=f"{len(report.models)} model(s) answered (http/grpc): {lat}", data=data)
+    return Outcome(msg=f"{len(report.models)} model(s) answered (http/grpc): {lat}", data=data, show=True)
 
 
 MODULES: dict[str, Module] = {

@@ -15,7 +15,8 @@ STYLE = {"ok": "green", "changed": "yellow", "failed": "bold red", "skipped": "c
 
 class Reporter:
     def __init__(self, json_output: bool = False, verbose: bool = False, console: Console | None = None):
-        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True,
+                                          width=None if sys.stderr.isatty() else 160)
         self.json_output = json_output
         self.verbose = verbose
         self._lock = threading.Lock()
@@ -39,7 +40,7 @@ class Reporter:
         status = outcome.status
         kind = "handler " if handler else ""
         line = f"  {escape(host)} [{STYLE[status]}]{status:<8}[/{STYLE[status]}] {kind}{escape(task.name)}"
-        if outcome.msg and (status != "ok" or self.verbose):
+        if outcome.msg and (status != "ok" or outcome.show or self.verbose):
             body = escape(outcome.msg)
             line += f"\n{body}" if "\n" in outcome.msg else f" [dim]— {body}[/dim]"
         if outcome.diff:
