@@ -21,6 +21,8 @@ N = 2
 def hosts(lab):
     t0 = time.monotonic()
     got = lab.ensure(N)
+    for h in got:  # other test modules may have provisioned these hosts: start from clean ones
+        lab.reset(h.name)
     print(f"\nlab.ensure({N}) took {time.monotonic() - t0:.1f} s")
     return got
 
@@ -45,20 +47,29 @@ def test_strict_ssh_reaches_each_host(hosts):
         assert any(line.startswith(f"{h.address} ssh-ed25519 ") for line in kh)
 
 
-def test_fabric_strict_host_keys(hosts):
-    import paramiko
-    from fabric import Connection
+def test_engine_connection_checks_host_keys_strictly(hosts, tmp_path):
+    """The engine's Fabric connection reaches lab hosts through the inventory's known_hosts only."""
+    from tritonfleet.connection import HostConnection, Unreachable
+    from tritonfleet.inventory import DEFAULT_INVENTORY, Host, load_inventory
 
+    inv = load_inventory(DEFAULT_INVENTORY)
     for h in hosts:
-        c = Connection(h.address, user="root", connect_timeout=5,
-                       connect_kwargs={"key_filename": str(labmod.LAB_KEY), "look_for_keys": False,
-                                       "allow_agent": False})
-        c.client.load_host_keys(str(labmod.KNOWN_HOSTS))
-        c.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        conn = HostConnection(inv.host(h.name))
         try:
-            assert c.run("hostname", hide=True).stdout.strip() == h.name
+            assert conn.run("hostname").stdout.strip() == h.name
         finally:
-            c.close()
+            conn.close()
+    # gpu02's keys recorded under gpu01's address: what a reinstalled or impersonated host looks like
+    wrong = tmp_path / "known_hosts"
+    other = hosts[1].address
+    lines = [ln for ln in labmod.KNOWN_HOSTS.read_text().splitlines() if ln.startswith(other + " ")]
+    wrong.write_text("".join(ln.replace(other, hosts[0].address, 1) + "\n" for ln in lines))
+    vars_ = dict(inv.host(hosts[0].name).vars,
+                 ansible_ssh_common_args=f"-o UserKnownHostsFile={wrong} -o StrictHostKeyChecking=yes")
+    conn = HostConnection(Host(hosts[0].name, vars_, ("lab",)))
+    with pytest.raises(Unreachable, match="HOST KEY CHANGED"):
+        conn.run("true")
+    conn.close()
 
 
 def test_pid1_is_systemd_and_running(hosts):
