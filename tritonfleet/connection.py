@@ -132,6 +132,12 @@ class HostConnection:
             err = proc.stderr.decode(errors="replace").strip()[-2000:]
             raise TritonfleetError(f"{self.host.name}: transfer failed (exit {proc.returncode}): {err}")
 
+    def rsync(self, src: str, dest: str, options: list[str], timeout: int = 1800) -> subprocess.CompletedProcess:
+        """rsync a local folder to the host over the same SSH settings (and master connection) as the run."""
+        cmd = ["rsync", *options, "--protect-args", "-e", shlex.join(self.ssh_argv()),
+               src.rstrip("/") + "/", f"{self.target}:{dest.rstrip('/')}/"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
     def close(self) -> None:
         self._conn.close()
         subprocess.run(["ssh", "-o", f"ControlPath={self._control_path}", "-O", "exit", self.target],

@@ -161,14 +161,12 @@ def model_repository(ctx, args) -> Outcome:
     if not ctx.check:
         ctx.conn.run(f"install -d -m 0755 {q(str(Path(dest).parent))} && "
                      f"install -d -o root -g {q(group)} -m 0750 {q(dest)}")
-    rsh = shlex.join(ctx.conn.ssh_argv())
     # Bytecode caches are the control machine's, not the model's: the server compiles its own.
-    cmd = ["rsync", "-a", "--delete", "--itemize-changes", "--stats", "--protect-args", "--exclude=__pycache__/",
-           f"--chown=root:{group}", "--chmod=D0750,F0640", "-e", rsh,
-           src + "/", f"{ctx.conn.target}:{dest}/"]
+    options = ["-a", "--delete", "--itemize-changes", "--stats", "--exclude=__pycache__/",
+               f"--chown=root:{group}", "--chmod=D0750,F0640"]
     if ctx.check:
-        cmd.insert(1, "--dry-run")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        options.append("--dry-run")
+    proc = ctx.conn.rsync(src, dest, options)
     if proc.returncode != 0:
         return Outcome(failed=True, msg=f"rsync to {dest} failed (exit {proc.returncode}): "
                                         f"{proc.stderr.strip()[-1000:]}")
