@@ -36,6 +36,32 @@ start = _playbook_task("start", "start.yml", "Install the systemd unit, start tr
 smoke = _playbook_task("smoke", "smoke.yml", "Smoke-test every model remotely over HTTP and gRPC.")
 
 
+@task(help={**{k: v for k, v in HELP.items() if k != "check"}, "canary": "hosts deployed first, alone (default 1)",
+            "batch": "hosts per batch after the canary: N or P% (default 25%)",
+            "max_fail": "failed or unreachable hosts tolerated before the rollout stops: N or P% (default 0)"})
+def rollout(c, group=None, host=None, canary=1, batch="25%", max_fail="0", forks=10, models=None, json=False,
+            inventory=None, bundle=None, verbose=False):
+    """Deploy to a group in batches, canary first; roll failed hosts back to their previous release."""
+    cli.rollout_command(group=group, host=host, canary=int(canary), batch=batch, max_fail=max_fail, forks=int(forks),
+                        models=models, json_output=json, inventory=inventory, bundle=bundle, verbose=verbose)
+
+
+rollback = _playbook_task("rollback", "rollback.yml", "Switch hosts back to their previous release and smoke-test it.")
+
+
+@task(name="status", help={k: HELP[k] for k in ("host", "group", "models", "json", "inventory", "bundle")})
+def fleet_status(c, group=None, host=None, models=None, json=False, inventory=None, bundle=None):
+    """Per host: release, Triton version, service state and uptime, model states; marks drift."""
+    cli.status_command(group=group, host=host, models=models, json_output=json, inventory=inventory, bundle=bundle)
+
+
+@task(help={"host": HELP["host"], "group": HELP["group"], "fix": "apply the safe fixes, restart, check again",
+            "json": HELP["json"], "inventory": HELP["inventory"]})
+def doctor(c, host=None, group=None, fix=False, json=False, inventory=None):
+    """Diagnose Triton's Python backend on hosts: every finding with its evidence and fix."""
+    cli.doctor_command(host=host, group=group, fix=fix, json_output=json, inventory=inventory)
+
+
 @task(help={"source": HELP["bundle"]})
 def bundle(c, source=None):
     """Build (or reuse) the versioned, checksummed Triton bundle pushed to hosts."""
@@ -60,5 +86,5 @@ def lab_status(c):
     cli.lab_status_command()
 
 
-ns = Collection(deploy, provision, sync_models, start, smoke, bundle)
+ns = Collection(deploy, provision, sync_models, start, smoke, rollout, rollback, fleet_status, bundle, doctor)
 ns.add_collection(Collection("lab", lab_up, lab_down, lab_status))

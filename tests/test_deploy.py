@@ -197,10 +197,10 @@ def test_malformed_config_is_refused_before_anything_is_pushed(first_deploy, tmp
         max_batch_size: 0
         input [ { name: "INPUT0" data_type: TYPE_FLOAT32 dims: [ 4 ] } ]
         """))
-    before = on_host("find /srv/tritonfleet/models -newer /etc/hostname -printf '%p %T@\\n' | sort | sha256sum")
+    before = on_host("find /srv/tritonfleet/models/ -newer /etc/hostname -printf '%p %T@\\n' | sort | sha256sum")
     pid = server_pid()
     proc, report = deploy("--models", str(repo), check_exit=2)
     assert report is None
     assert "config.pbtxt:4" in proc.stderr and "add_sub" in proc.stderr
-    assert on_host("find /srv/tritonfleet/models -newer /etc/hostname -printf '%p %T@\\n' | sort | sha256sum") == before
+    assert on_host("find /srv/tritonfleet/models/ -newer /etc/hostname -printf '%p %T@\\n' | sort | sha256sum") == before
     assert server_pid() == pid

@@ -6,12 +6,13 @@ import functools
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import TritonfleetError
 from .inventory import DEFAULT_INVENTORY, load_inventory
 from .paths import REPO_ROOT
-from .report import Reporter
+from .report import Reporter, redact
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -26,7 +27,13 @@ def clear_errors(fn):
         try:
             return fn(*args, **kwargs)
         except TritonfleetError as exc:
-            console.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
+            # escaped: a message may hold '[' (paths, values); redacted: it may hold a secret var's value
+            console.print(f"[bold red]error:[/bold red] {escape(redact(str(exc)))}", markup=True, highlight=False)
+            raise CommandFailed(2) from None
+        except OSError as exc:  # a local file the run needs cannot be read (model repository, key, bundle)
+            what = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+            console.print(f"[bold red]error:[/bold red] {escape(redact(what))}\n  fix: check that the path "
+                          "exists and that this user can read it", markup=True, highlight=False)
             raise CommandFailed(2) from None
         except KeyboardInterrupt:
             console.print("[bold red]interrupted[/bold red]")
@@ -45,6 +52,70 @@ def run_playbook_command(playbook: str, *, host=None, group=None, models=None, c
                           bundle_source=bundle, forks=int(forks),
                           reporter=Reporter(json_output=json_output, verbose=verbose))
     if not result.ok:
+        raise CommandFailed(1)
+
+
+@clear_errors
+def rollout_command(*, group=None, host=None, canary=1, batch="25%", max_fail="0", forks=10, models=None,
+                    json_output=False, inventory=None, bundle=None, verbose=False) -> None:
+    from .rollout import rollout
+    hosts = load_inventory(inventory or DEFAULT_INVENTORY).select(host=host, group=group)
+    result = rollout(hosts, canary=canary, batch=batch, max_fail=max_fail, forks=forks,
+                     extra_vars={"model_repository": models} if models else {}, bundle_source=bundle,
+                     reporter=Reporter(json_output=json_output, verbose=verbose))
+    if not result.ok:
+        raise CommandFailed(1)
+
+
+@clear_errors
+def status_command(*, group=None, host=None, models=None, json_output=False, inventory=None, bundle=None) -> None:
+    import json
+
+    from .status import as_dicts, fleet_status
+    hosts = load_inventory(inventory or DEFAULT_INVENTORY).select(host=host, group=group)
+    rows = fleet_status(hosts, {"model_repository": models} if models else {}, bundle, progress=console.print)
+    table = Table("host", "reachable", "triton", "release", "service", "uptime", "restarts", "models", "drift")
+    for r in rows:
+        models_text = ", ".join(f"{n}:{s.split(':')[0]}" for n, s in sorted(r.models.items()))
+        table.add_row(r.name, "yes" if r.reachable else f"NO: {r.error.splitlines()[0]}", r.triton_version,
+                      r.release, r.service, f"{r.uptime_s}s" if r.service == "active" else "", str(r.restarts),
+                      models_text, "; ".join(r.drift))
+    Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200).print(table)
+    if json_output:
+        print(json.dumps({"hosts": as_dicts(rows)}, indent=2))
+    if any(not r.reachable or r.drift for r in rows):
+        raise CommandFailed(1)
+
+
+@clear_errors
+def doctor_command(*, host=None, group=None, fix=False, json_output=False, inventory=None) -> None:
+    """Diagnose hosts (and with fix, repair what is safe); exit 1 while any error finding remains."""
+    import json
+
+    from . import doctor
+    inv = load_inventory(inventory or DEFAULT_INVENTORY)
+    hosts = inv.select(host=host, group=group)
+    out = Console(stderr=json_output, highlight=False, soft_wrap=True)
+    reports = doctor.run_doctor(hosts, fix=bool(fix),
+                                progress=lambda h, msg: console.print(f"  {h} [dim]… {msg}[/dim]"))
+    for r in reports:
+        if r.unreachable:
+            out.print(f"[bold red]{r.host}: UNREACHABLE[/bold red] {escape(r.unreachable)}")
+            continue
+        out.print(f"[bold]{escape(doctor.summary(r.before))}[/bold]")
+        out.print(escape(doctor.render(r.before)) or "  no findings")
+        if r.fixes:
+            out.print(f"[bold]{r.host}: --fix applied:[/bold]")
+            out.print(escape("\n".join(f"  - {f}" for f in r.fixes)))
+            out.print(f"[bold]after the fixes, {escape(doctor.summary(r.after))}[/bold]")
+            out.print(escape(doctor.render(r.after, include_info=False)) or "  no findings")
+        elif fix and r.before.errors:
+            out.print(f"{r.host}: no safe fix applies; the fixes above need a person")
+    if json_output:
+        json.dump({"ok": not any(r.failed for r in reports), "hosts": [r.as_dict() for r in reports]},
+                  sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    if any(r.failed for r in reports):
         raise CommandFailed(1)
 
 

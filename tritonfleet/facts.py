@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import asdict, dataclass, field
 
-from . import triton
+from . import releases, triton
 
 # POSIX sh, no bashisms: one `key=value` line per fact, multi-valued facts repeated.
 _SCRIPT = r"""
@@ -37,9 +37,15 @@ echo "live_release=$(readlink "$TF_ROOT" 2>/dev/null)"
 for d in "$TF_RELEASES"/*/; do
   [ -f "$d$TF_MARKER" ] && echo "release=$(basename "$d")"
 done
+echo "live_models=$(readlink "$TF_MODELS" 2>/dev/null)"
+[ -e "$TF_MODELS" ] && [ ! -L "$TF_MODELS" ] && echo "models_is_unmanaged=yes"
+for d in "$TF_STORE"/*/; do [ -d "$d" ] && echo "model_repo=$(basename "$d")"; done
+[ -f "$TF_HISTORY" ] && sed 's/^/history=/' "$TF_HISTORY"
 echo "unit_sha256=$(sha256sum "$TF_UNIT" 2>/dev/null | cut -d' ' -f1)"
 systemctl show "$TF_SERVICE" -p ActiveState -p SubState -p MainPID -p UnitFileState -p NRestarts \
   -p NeedDaemonReload 2>/dev/null | sed 's/^/service_/'
+since=$(systemctl show "$TF_SERVICE" -p ActiveEnterTimestamp --value 2>/dev/null)
+if [ -n "$since" ]; then echo "service_UptimeSeconds=$(( $(date +%s) - $(date -d "$since" +%s) ))"; fi
 """
 
 
@@ -66,7 +72,11 @@ class Facts:
     user_exists: bool = False
     live_release: str = ""  # target of /opt/tritonserver
     root_is_unmanaged: bool = False  # /opt/tritonserver is a real folder tritonfleet did not make
-    releases: list = field(default_factory=list)
+    releases: list = field(default_factory=list)  # complete Triton trees on the host (bundle ids)
+    live_models: str = ""  # target of the model repository symlink
+    models_is_unmanaged: bool = False  # the model path is a real folder tritonfleet did not make
+    model_repos: list = field(default_factory=list)  # model repositories kept on the host (digests)
+    history: list = field(default_factory=list)  # releases.Release, newest last
     unit_sha256: str = ""
     service: dict = field(default_factory=dict)  # ActiveState, SubState, MainPID, UnitFileState, ...
 
@@ -75,6 +85,11 @@ class Facts:
         data["packages"] = sorted(self.packages)
         return data
 
+    @property
+    def live(self):
+        """The release serving now, if tritonfleet switched to it."""
+        return self.history[-1] if self.history else None
+
     def summary(self) -> dict:
         """The facts worth showing to a person or a JSON report (no package list)."""
         data = self.as_dict()
@@ -82,9 +97,10 @@ class Facts:
         return data
 
 
-def gather_command(triton_user: str) -> str:
+def gather_command(triton_user: str, models_path: str) -> str:
     env = {
-        "TF_USER": triton_user, "TF_ROOT": triton.TRITON_ROOT, "TF_RELEASES": triton.RELEASES_DIR,
+        "TF_USER": triton_user, "TF_MODELS": models_path, "TF_STORE": releases.models_store(models_path),
+        "TF_HISTORY": releases.HISTORY_FILE, "TF_ROOT": triton.TRITON_ROOT, "TF_RELEASES": triton.RELEASES_DIR,
         "TF_MARKER": triton.RELEASE_MARKER, "TF_UNIT": triton.UNIT_PATH, "TF_SERVICE": triton.SERVICE,
     }
     assign = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
@@ -106,16 +122,20 @@ def parse_facts(output: str) -> Facts:
                 facts.gpus.append(Gpu(int(parts[0]), parts[1], parts[2], int(float(parts[3] or 0))))
         elif key == "release":
             facts.releases.append(value)
+        elif key == "model_repo":
+            facts.model_repos.append(value)
+        elif key == "history":
+            facts.history += releases.parse_history(value)
         elif key.startswith("service_"):
             facts.service[key[len("service_"):]] = value
         elif key in ("disk_free_kb", "shm_kb"):
             setattr(facts, key, int(value or 0))
-        elif key in ("user_exists", "root_is_unmanaged"):
+        elif key in ("user_exists", "root_is_unmanaged", "models_is_unmanaged"):
             setattr(facts, key, value == "yes")
         elif hasattr(facts, key):
             setattr(facts, key, value)
     return facts
 
 
-def gather_facts(conn, triton_user: str) -> Facts:
-    return parse_facts(conn.run(gather_command(triton_user), timeout=60).stdout)
+def gather_facts(conn, triton_user: str, models_path: str) -> Facts:
+    return parse_facts(conn.run(gather_command(triton_user, models_path), timeout=60).stdout)

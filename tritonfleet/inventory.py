@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jinja2
 
+from . import secrets
 from .errors import InventoryError
 from .yamlfile import LineDict, line_of, load_yaml
 
@@ -110,6 +111,8 @@ class Inventory:
                                  hint=f"known hosts: {', '.join(self.host_names) or '(none)'}")
         if name not in self._hosts:
             self._hosts[name] = self._resolve(name)
+            # secret vars (tritonfleet/secrets.py) are redacted from every output from here on
+            secrets.register(secrets.secret_values(self._hosts[name].vars))
         return self._hosts[name]
 
     def group_hosts(self, group: str) -> list[str]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import difflib
 import re
 import shlex
-import subprocess
+import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from . import triton
+from . import releases, triton
 from .errors import TritonfleetError
 from .paths import REPO_ROOT
 
@@ -132,6 +132,12 @@ def python_stub(ctx, args) -> Outcome:
     return _would(ctx, f"install the python {ctx.facts.python_version} stub owned by {user}")
 
 
+def _switch_link(ctx, link: str, target: str) -> None:
+    """Point `link` at `target` atomically: a new symlink renamed over the old one."""
+    tmp = f"{link}.tritonfleet-tmp"
+    ctx.conn.run(f"ln -sfn {q(target)} {q(tmp)} && mv -Tf {q(tmp)} {q(link)}")
+
+
 def triton_link(ctx, args) -> Outcome:
     """Switch /opt/tritonserver to the release atomically (rename of a symlink); the old release stays."""
     target = triton.release_dir(ctx.bundle.bundle_id)
@@ -142,8 +148,7 @@ def triton_link(ctx, args) -> Outcome:
         return Outcome(msg=f"{triton.TRITON_ROOT} -> {target}")
     previous = ctx.facts.live_release or "(none)"
     if not ctx.check:
-        tmp = f"{triton.TRITON_ROOT}.tritonfleet-tmp"
-        ctx.conn.run(f"ln -sfn {q(target)} {q(tmp)} && mv -Tf {q(tmp)} {q(triton.TRITON_ROOT)}")
+        _switch_link(ctx, triton.TRITON_ROOT, target)
         ctx.facts.live_release = target
     return _would(ctx, f"switch {triton.TRITON_ROOT} from {previous} to {target}")
 
@@ -152,32 +157,134 @@ _ITEMIZE = re.compile(r"^(\*deleting|[<>ch.][fdLDS][.+?a-zA-Z]{9,10}) (.*)$")
 
 
 def model_repository(ctx, args) -> Outcome:
-    """rsync the validated repository: only what changed, root-owned, readable but not writable by the user."""
+    """Stage the validated repository beside the live one, sending only what differs from it.
+
+    Each repository version gets its own folder (named by its digest) next to the live path; files that did
+    not change are hard-linked from the live version, so only changed files cross the network. The live
+    repository is not touched: `models_link` switches to the new one.
+    """
     src = str(Path(args["src"]).resolve())
-    dest = str(args["dest"]).rstrip("/")
+    models_path = str(args["dest"]).rstrip("/")
     group = str(args["group"])
-    if not dest.startswith("/") or "\n" in dest:
-        return Outcome(failed=True, msg=f"dest must be an absolute path, got {dest!r}")
-    if not ctx.check:
-        ctx.conn.run(f"install -d -m 0755 {q(str(Path(dest).parent))} && "
-                     f"install -d -o root -g {q(group)} -m 0750 {q(dest)}")
+    if not models_path.startswith("/") or "\n" in models_path:
+        return Outcome(failed=True, msg=f"dest must be an absolute path, got {models_path!r}")
+    store = releases.models_store(models_path)
+    digest = ctx.repository.digest[:16]
+    staged = digest in ctx.facts.model_repos
+    final = f"{store}/{digest}"
+    dest = final if staged else f"{store}/.incoming-{digest}"
     # Bytecode caches are the control machine's, not the model's: the server compiles its own.
     options = ["-a", "--delete", "--itemize-changes", "--stats", "--exclude=__pycache__/",
                f"--chown=root:{group}", "--chmod=D0750,F0640"]
+    if ctx.facts.live_models and not staged:
+        options.append(f"--link-dest={ctx.facts.live_models}")
     if ctx.check:
         options.append("--dry-run")
+    else:
+        ctx.conn.run(f"install -d -m 0755 {q(str(Path(store).parent))} && "
+                     f"install -d -o root -g {q(group)} -m 0750 {q(store)}" +
+                     ("" if staged else f" && rm -rf {q(dest)}"))
     proc = ctx.conn.rsync(src, dest, options)
     if proc.returncode != 0:
+        if not staged and not ctx.check:
+            ctx.conn.run(f"rm -rf {q(dest)}", check=False)
         return Outcome(failed=True, msg=f"rsync to {dest} failed (exit {proc.returncode}): "
                                         f"{proc.stderr.strip()[-1000:]}")
     changes = [m.group(2) for m in map(_ITEMIZE.match, proc.stdout.splitlines())
                if m and not (m.group(1).startswith(".") and m.group(2) == "./")]
     sent = re.search(r"Total bytes sent: ([\d,]+)", proc.stdout)
     data = {"bytes_sent": int(sent.group(1).replace(",", "")) if sent else 0, "files": changes}
-    if not changes:
-        return Outcome(msg=f"{dest} up to date ({ctx.repository.digest[:12]})", data=data)
+    if staged and not changes:
+        return Outcome(msg=f"models {digest[:12]} staged", data=data)
+    if not staged and not ctx.check:
+        ctx.conn.run(f"mv -T {q(dest)} {q(final)}")
+        ctx.facts.model_repos.append(digest)
     shown = ", ".join(changes[:8]) + (f" and {len(changes) - 8} more" if len(changes) > 8 else "")
-    return _would(ctx, f"sync {len(changes)} change(s) to {dest}: {shown}", data=data)
+    what = "repair" if staged else "stage"
+    return _would(ctx, f"{what} models {digest[:12]} ({len(changes)} change(s): {shown})", data=data)
+
+
+def models_link(ctx, args) -> Outcome:
+    """Switch the live model repository path to the staged version (atomic symlink rename)."""
+    models_path = str(args["dest"]).rstrip("/")
+    target = f"{releases.models_store(models_path)}/{ctx.repository.digest[:16]}"
+    if ctx.facts.models_is_unmanaged:
+        return Outcome(failed=True, msg=f"{models_path} is a folder tritonfleet did not make: move it away "
+                                        "and run again; nothing was changed")
+    if ctx.facts.live_models == target:
+        return Outcome(msg=f"{models_path} -> {target}")
+    if not ctx.check:
+        _switch_link(ctx, models_path, target)
+        ctx.facts.live_models = target
+    return _would(ctx, f"switch {models_path} to models {ctx.repository.digest[:12]}")
+
+
+def _write_history(ctx, history: list) -> None:
+    ctx.conn.run(f"install -d -m 0755 {q(releases.STATE_DIR)}")
+    ctx.conn.put_text(releases.render_history(history), releases.HISTORY_FILE)
+    ctx.facts.history = history
+
+
+def release_record(ctx, args) -> Outcome:
+    """Record the live release on the host's stack and remove what the `keep` newest no longer use."""
+    if not ctx.facts.live_release:
+        return Outcome(skipped=True, msg="no Triton release is live yet")
+    release = releases.Release(PurePosixPath(ctx.facts.live_release).name, ctx.repository.digest[:16],
+                               time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    live = ctx.facts.live
+    if live and live.id == release.id:
+        return Outcome(msg=f"release {release.id} is live")
+    history = releases.kept(releases.pushed(ctx.facts.history, release), int(args.get("keep", 3)))
+    bundles = {r.bundle_id for r in history}
+    digests = {r.models_digest for r in history}
+    stale = [triton.release_dir(b) for b in ctx.facts.releases if b not in bundles]
+    store = releases.models_store(str(args["dest"]).rstrip("/"))
+    stale += [f"{store}/{d}" for d in ctx.facts.model_repos if d not in digests]
+    if not ctx.check:
+        _write_history(ctx, history)
+        if stale:
+            ctx.conn.run("rm -rf " + " ".join(q(p) for p in stale))
+        ctx.facts.releases = [b for b in ctx.facts.releases if b in bundles]
+        ctx.facts.model_repos = [d for d in ctx.facts.model_repos if d in digests]
+    pruned = f"; remove {len(stale)} old tree(s)/repositories" if stale else ""
+    return _would(ctx, f"record release {release.id} (was {live.id if live else 'none'}){pruned}",
+                  data={"release_before": live.id if live else "", "release_after": release.id})
+
+
+def release_rollback(ctx, args) -> Outcome:
+    """Switch back to an earlier release on the host's stack (both symlinks), forgetting the ones after it.
+
+    Without `to`, the one before the live release; with `to` (a release id), that one, which is how a
+    rollout puts back the release a host had before a failed deploy, whatever step it failed at.
+    """
+    history = ctx.facts.history
+    wanted = str(args.get("to") or "")
+    if wanted:
+        ids = [r.id for r in history]
+        if wanted not in ids:
+            return Outcome(failed=True, msg=f"release {wanted} is not recorded on this host")
+        history = history[:ids.index(wanted) + 1]
+        target = history[-1]
+    else:
+        try:
+            target, history = releases.popped(history)
+        except ValueError:
+            return Outcome(failed=True, msg="no previous release recorded on this host to roll back to")
+    if target.bundle_id not in ctx.facts.releases or target.models_digest not in ctx.facts.model_repos:
+        return Outcome(failed=True, msg=f"release {target.id} is no longer complete on the host")
+    models_path = str(args["dest"]).rstrip("/")
+    tree = triton.release_dir(target.bundle_id)
+    models = f"{releases.models_store(models_path)}/{target.models_digest}"
+    current = ctx.facts.live.id if ctx.facts.live else "none"
+    if (ctx.facts.live_release, ctx.facts.live_models, ctx.facts.history) == (tree, models, history):
+        return Outcome(msg=f"release {target.id} is live")
+    if not ctx.check:
+        _switch_link(ctx, triton.TRITON_ROOT, tree)
+        _switch_link(ctx, models_path, models)
+        _write_history(ctx, history)
+        ctx.facts.live_release, ctx.facts.live_models = tree, models
+    return _would(ctx, f"roll back from {current} to {target.id}",
+                  data={"release_before": current, "release_after": target.id})
 
 
 def template(ctx, args) -> Outcome:
@@ -242,7 +349,9 @@ def wait_ready(ctx, args) -> Outcome:
     failed = [f"model '{m.get('name')}' is {m.get('state', 'UNKNOWN')}: {m.get('reason') or 'no reason given'}"
               for m in index if m.get("state") != "READY"]
     detail = "\n".join(failed) or "server did not become ready"
-    return Outcome(failed=True, msg=detail, data={"journal": _journal_tail(ctx), "index": index})
+    from .doctor import diagnosis_for_outcome
+    diagnosis, extra = diagnosis_for_outcome(ctx)  # what is wrong on the host, with the fix
+    return Outcome(failed=True, msg=detail + diagnosis, data={"journal": _journal_tail(ctx), "index": index, **extra})
 
 
 def smoke(ctx, args) -> Outcome:
@@ -255,7 +364,9 @@ def smoke(ctx, args) -> Outcome:
     data = {"smoke": {m.name: {"ok": m.ok, "state": m.state, "latency_ms": m.latency_ms, "error": m.error,
                                "reason": m.reason} for m in report.models}}
     if not report.ok:
-        return Outcome(failed=True, msg="\n".join(report.failures()), data=data)
+        from .doctor import diagnosis_for_outcome
+        diagnosis, extra = diagnosis_for_outcome(ctx)  # what is wrong on the host, with the fix
+        return Outcome(failed=True, msg="\n".join(report.failures()) + diagnosis, data={**data, **extra})
     lat = ", ".join(f"{m.name} {m.latency_ms.get('http', 0):.1f}/{m.latency_ms.get('grpc', 0):.1f} ms"
                     for m in report.models)
     return Outcome(msg=f"{len(report.models)} model(s) answered (http/grpc): {lat}", data=data, show=True)
@@ -269,6 +380,9 @@ MODULES: dict[str, Module] = {
     "python_stub": Module(python_stub, required=("owner",), needs=("bundle",)),
     "triton_link": Module(triton_link, needs=("bundle",)),
     "model_repository": Module(model_repository, required=("src", "dest", "group"), needs=("repository",)),
+    "models_link": Module(models_link, required=("dest",), needs=("repository",)),
+    "release_record": Module(release_record, required=("dest",), optional=("keep",), needs=("repository",)),
+    "release_rollback": Module(release_rollback, required=("dest",), optional=("to",)),
     "template": Module(template, required=("src", "dest"), optional=("mode", "owner", "group")),
     "systemd": Module(systemd, required=("name",), optional=("state", "enabled", "daemon_reload")),
     "wait_ready": Module(wait_ready, optional=("timeout",)),

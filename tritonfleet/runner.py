@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import triton
+from . import hostlock, triton
 from .connection import HostConnection, Unreachable
 from .errors import TritonfleetError
 from .facts import gather_facts
@@ -34,15 +34,19 @@ class HostRun:
     bytes_sent: int = 0
     facts: dict = field(default_factory=dict)
     live_release: str = ""
+    release_before: str = ""
+    release_after: str = ""
+    notes: list = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
-        return self.unreachable or self.counts["failed"] > 0
+        return self.unreachable or self.counts["failed"] > 0 or bool(self.error)
 
     def as_dict(self) -> dict:
         return {"host": self.name, **self.counts, "unreachable": self.unreachable, "error": self.error,
-                "bytes_sent": self.bytes_sent, "live_release": self.live_release, "facts": self.facts,
-                "steps": self.steps}
+                "bytes_sent": self.bytes_sent, "live_release": self.live_release,
+                "release_before": self.release_before, "release_after": self.release_after, "notes": self.notes,
+                "facts": self.facts, "steps": self.steps}
 
 
 @dataclass
@@ -131,10 +135,11 @@ def prepare(playbook_path: str | Path, hosts: list[Host], extra_vars: dict | Non
 
 def run_playbook(playbook_path: str | Path, hosts: list[Host], *, check: bool = False,
                  extra_vars: dict | None = None, bundle_source: str | None = None, forks: int = 10,
-                 tags: tuple = (), reporter: Reporter | None = None) -> RunResult:
+                 tags: tuple = (), reporter: Reporter | None = None, prepared=None, recap: bool = True) -> RunResult:
+    """Run a playbook on hosts in parallel (at most `forks` at once); `prepared` reuses a `prepare()` result."""
     reporter = reporter or Reporter()
-    book, all_vars, bundle, repositories = prepare(playbook_path, hosts, extra_vars, bundle_source,
-                                                   progress=reporter.info)
+    book, all_vars, bundle, repositories = prepared or prepare(playbook_path, hosts, extra_vars, bundle_source,
+                                                               progress=reporter.info)
     reporter.start(book, hosts, check)
 
     def one(host: Host) -> HostRun:
@@ -148,27 +153,55 @@ def run_playbook(playbook_path: str | Path, hosts: list[Host], *, check: bool = 
             reporter.unreachable(host.name, str(exc))
             return run
         ctx = HostContext(host, conn, hv, check, bundle, repo, lambda msg: reporter.progress(host.name, msg))
+        locked = False
         try:
+            if not check:
+                note = hostlock.acquire(conn, f"{book.path.stem} (run {hostlock.RUN_ID})")
+                locked = True
+                if note:
+                    run.notes.append(note)
+                    reporter.progress(host.name, note)
             _run_host(book, ctx, run, tags, reporter)
         except Unreachable as exc:
             run.unreachable, run.error = True, str(exc)
             reporter.unreachable(host.name, str(exc))
+        except hostlock.HostLocked as exc:
+            run.error = str(exc)
+            reporter.failed_host(host.name, str(exc))
+        except TritonfleetError as exc:  # e.g. facts could not be gathered: this host fails, the others go on
+            run.error = str(exc)
+            reporter.failed_host(host.name, str(exc))
         finally:
+            if locked:
+                try:
+                    hostlock.release(conn)
+                except (Unreachable, TritonfleetError):
+                    pass  # the host went away; its lock is stale and the next run takes it over
             conn.close()
         return run
 
     with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
         runs = list(pool.map(one, hosts))
     result = RunResult(str(book.path), check, runs)
-    reporter.recap(result)
+    if recap:
+        reporter.recap(result)
     return result
 
 
 def _run_host(book: Playbook, ctx: HostContext, run: HostRun, tags: tuple, reporter: Reporter) -> None:
-    ctx.facts = gather_facts(ctx.conn, str(ctx.vars["triton_user"]))
+    ctx.facts = gather_facts(ctx.conn, str(ctx.vars["triton_user"]), str(ctx.vars["triton_model_repository_path"]))
     ctx.vars["facts"] = ctx.facts.as_dict()
     ctx.vars["triton_packages"] = _packages_for(ctx)
     run.facts = ctx.facts.summary()
+    run.release_before = ctx.facts.live.id if ctx.facts.live else ""
+    try:
+        _run_plays(book, ctx, run, tags, reporter)
+    finally:
+        run.live_release = ctx.facts.live_release
+        run.release_after = ctx.facts.live.id if ctx.facts.live else ""
+
+
+def _run_plays(book: Playbook, ctx: HostContext, run: HostRun, tags: tuple, reporter: Reporter) -> None:
     notified: list[str] = []
     handlers = book.handlers
     for play in book.plays:
@@ -189,7 +222,6 @@ def _run_host(book: Playbook, ctx: HostContext, run: HostRun, tags: tuple, repor
             if outcome.changed:
                 notified += [n for n in task.notify if n not in notified]
     _flush(notified, handlers, ctx, run, reporter, {**ctx.vars})
-    run.live_release = ctx.facts.live_release
 
 
 def _packages_for(ctx: HostContext) -> list[str]:

@@ -42,6 +42,7 @@ DEFAULT_VARS = {
     "triton_strict_readiness": True,
     "triton_extra_args": [],
     "triton_ready_timeout": 180,
+    "triton_keep_releases": 3,
 }
 
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
@@ -124,3 +125,51 @@ def preflight_problems(facts, bundle, repository) -> list[str]:
         problems.append(f"model(s) {', '.join(gpu_models)} ask for KIND_GPU instances but the host has no GPU "
                         "(nvidia-smi found none): use KIND_CPU for them or deploy to a GPU host")
     return problems
+
+
+# ---- Knowledge the doctor (`invoke doctor`) checks hosts against -------------------------------------------
+LIB_DIR = f"{TRITON_ROOT}/lib"  # the unit's LD_LIBRARY_PATH: the stub finds libcudart there, not by RPATH
+PYTHON_BACKEND_DIR = f"{DEFAULT_BACKEND_DIRECTORY}/python"
+STUB_PATH = f"{PYTHON_BACKEND_DIR}/{STUB_NAME}"
+SERVER_BINARY = f"{TRITON_ROOT}/bin/tritonserver"
+# Python backend shared memory (python_backend#291: defaults lowered from 64 MiB to 1 MiB in 23.09). Each model
+# instance's stub gets its own region of shm-default-byte-size in /dev/shm, grown by shm-growth-byte-size.
+PYTHON_SHM_DEFAULT_BYTE_SIZE = 1 << 20
+PYTHON_SHM_GROWTH_BYTE_SIZE = 1 << 20
+# The bundle (Triton 2.51.0 / r24.10) ships the CUDA 12.6 runtime; CUDA 12.x minor-version compatibility needs a
+# driver >= 525.60.13 (docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html).
+BUNDLE_CUDA_VERSION = "12.6"
+MIN_DRIVER_VERSION = "525.60.13"
+PORT_FLAGS = {"http": ("--http-port", "triton_http_port"), "grpc": ("--grpc-port", "triton_grpc_port"),
+              "metrics": ("--metrics-port", "triton_metrics_port")}
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+FREE_DISK_MIN_KB = 2 * 1024 * 1024  # a release needs about 1 GiB unpacked; keep room for one more beside it
+
+
+def flag_values(argv: list[str], flag: str) -> list[str]:
+    """Every value given to `flag` in a tritonserver argv (`--flag=value` or `--flag value`)."""
+    values = []
+    for i, arg in enumerate(argv):
+        if arg.startswith(flag + "="):
+            values.append(arg[len(flag) + 1:])
+        elif arg == flag and i + 1 < len(argv):
+            values.append(argv[i + 1])
+    return values
+
+
+def python_shm_settings(argv: list[str]) -> dict:
+    """shm-default-byte-size / shm-growth-byte-size the Python backend uses for this argv (flags override defaults)."""
+    settings = {"shm-default-byte-size": PYTHON_SHM_DEFAULT_BYTE_SIZE,
+                "shm-growth-byte-size": PYTHON_SHM_GROWTH_BYTE_SIZE}
+    for value in flag_values(argv, "--backend-config"):
+        backend, _, setting = value.partition(",")
+        key, _, number = setting.partition("=")
+        if backend == "python" and key in settings and number.strip().isdigit():
+            settings[key] = int(number)
+    return settings
+
+
+def driver_is_new_enough(driver: str, minimum: str = MIN_DRIVER_VERSION) -> bool:
+    def parts(v: str) -> tuple:
+        return tuple(int(p) if p.isdigit() else 0 for p in v.strip().split("."))
+    return parts(driver) >= parts(minimum)

@@ -1,0 +1,84 @@
+"""Helpers for the security, fault and bad-input tests: invoke runs, temp inventories, the fault log."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from conftest import ssh
+from tritonfleet import faultreport
+from tritonfleet import lab as labmod
+from tritonfleet.paths import REPO_ROOT
+
+ADDRESSES = {"gpu07": "10.213.0.17", "gpu08": "10.213.0.18"}
+
+
+def invoke(*args, timeout: int = 900, env=None, input_text=None) -> subprocess.CompletedProcess:
+    return subprocess.run(["invoke", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=env, input=input_text, stdin=None if input_text is not None else subprocess.DEVNULL)
+
+
+def report_of(proc) -> dict | None:
+    out = proc.stdout.strip()
+    return json.loads(out) if out.startswith("{") else None
+
+
+def show(proc) -> str:
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+
+
+def on_host(name: str, command: str, timeout: float = 300, check: bool = True) -> str:
+    res = ssh(ADDRESSES[name], command, timeout=timeout)
+    if check:
+        assert res.returncode == 0, f"{name}: {command}: {res.stderr}"
+    return res.stdout.strip()
+
+
+def write_inventory(path, hosts: dict, *, known_hosts=None, user="root", lab_vars=None) -> str:
+    """An inventory of lab hosts (name -> extra host vars) with the lab's key and a chosen known_hosts."""
+    group_vars = {
+        "ansible_ssh_private_key_file": str(labmod.LAB_KEY),
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts or labmod.KNOWN_HOSTS} "
+                                   "-o StrictHostKeyChecking=yes",
+        **(lab_vars or {}),
+    }
+    data = {"all": {"vars": {"ansible_user": user}, "children": {"lab": {
+        "vars": group_vars,
+        "hosts": {name: {"ansible_host": ADDRESSES[name], **(extra or {})} for name, extra in hosts.items()},
+    }}}}
+    path.write_text(yaml.safe_dump(data, sort_keys=False, width=1000))
+    return str(path)
+
+
+def wait_for(predicate, timeout: float, interval: float = 1.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout:.0f} s (last: {last!r})")
+
+
+@pytest.fixture
+def fault_log(request):
+    """Call `note(area, fault, outcome)` at the END of a test (after its asserts): the record is what the
+    README section is generated from, so only faults whose test passed its checks are listed."""
+    test_id = request.node.nodeid
+    faultreport.forget(test_id)
+
+    def note(area: str, fault: str, outcome: str) -> None:
+        faultreport.record(test_id, area, fault, outcome)
+
+    return note
+
+
+def ensure_mine(names=("gpu07", "gpu08")) -> None:
+    """Bring up only this suite's hosts. `lab.ensure(8)` would also boot a host another test has just
+    stopped on purpose (a reboot test of gpu03 died that way while this suite started), so it is not used."""
+    labmod.up([labmod.LabHost(n, ADDRESSES[n]) for n in names], progress=lambda msg: None)

@@ -1,0 +1,111 @@
+"""Bad input on the control machine: a clear error, a non-zero exit, no traceback, no host touched."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from labkit import fault_log, invoke, show, write_inventory  # noqa: F401  (fixture)
+from tritonfleet.paths import REPO_ROOT
+
+EXAMPLES = REPO_ROOT / "examples" / "models"
+NO_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def no_traceback(proc):
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, show(proc)
+
+
+def test_empty_inventory(tmp_path, fault_log):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("# nothing here\n")
+    proc = invoke("deploy", "--host", "gpu08", "--inventory", str(inv))
+    assert proc.returncode == 2, show(proc)
+    no_traceback(proc)
+    assert "inventory is empty" in proc.stderr and str(inv) in proc.stderr
+    fault_log("Bad input (control machine)", "empty inventory file",
+              f"exit 2, `{proc.stderr.strip().splitlines()[0].replace(str(inv), 'hosts.yml')}`, no host touched")
+
+
+def test_missing_key_file(tmp_path, fault_log):
+    inv = write_inventory(tmp_path / "hosts.yml", {"gpu08": {}},
+                          lab_vars={"ansible_ssh_private_key_file": str(tmp_path / "no-such-key")})
+    proc = invoke("smoke", "--host", "gpu08", "--inventory", inv, "--json")
+    assert proc.returncode == 1, show(proc)
+    no_traceback(proc)
+    assert "UNREACHABLE" in proc.stderr and "private key" in proc.stderr and "does not exist" in proc.stderr
+    fault_log("Bad input (control machine)", "`ansible_ssh_private_key_file` names a missing file",
+              "host reported UNREACHABLE: `private key ... does not exist` with the fix; exit 1; "
+              "no connection attempted")
+
+
+def test_missing_model_repository(tmp_path, fault_log):
+    proc = invoke("sync-models", "--host", "gpu08", "--models", str(tmp_path / "nope"))
+    assert proc.returncode == 2, show(proc)
+    no_traceback(proc)
+    assert "does not exist" in proc.stderr
+    fault_log("Bad input (control machine)", "`--models` names a folder that does not exist",
+              "exit 2 before any host is touched: `the model repository does not exist`")
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv to drop root's read override")
+def test_unreadable_model_repository(tmp_path, fault_log):
+    repo = tmp_path / "models"
+    shutil.copytree(EXAMPLES, repo)
+    tmp_path.chmod(0o755)
+    (repo / "add_sub" / "config.pbtxt").chmod(0o000)
+    # root reads anything; drop CAP_DAC_OVERRIDE/READ_SEARCH so the run sees the permissions a user would
+    proc = subprocess.run([*NO_DAC, "invoke", "sync-models", "--host", "gpu08", "--models", str(repo)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, show(proc)
+    no_traceback(proc)
+    assert "config.pbtxt cannot be read: Permission denied" in proc.stderr
+    repo.chmod(0o000)
+    proc = subprocess.run([*NO_DAC, "invoke", "sync-models", "--host", "gpu08", "--models", str(repo)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    repo.chmod(0o755)
+    assert proc.returncode == 2, show(proc)
+    no_traceback(proc)
+    assert "Permission denied" in proc.stderr and str(repo) in proc.stderr
+    fault_log("Bad input (control machine)", "model repository unreadable (a config.pbtxt mode 000; "
+              "the folder itself mode 000), run without root's read override",
+              "exit 2 before any host is touched: `config.pbtxt cannot be read: Permission denied` / "
+              "`Permission denied: <folder>`")
+
+
+def test_unknown_task_option(fault_log):
+    proc = invoke("deploy", "--hots", "gpu01")
+    assert proc.returncode != 0, show(proc)
+    no_traceback(proc)
+    assert "--hots" in (proc.stderr + proc.stdout)
+    fault_log("Bad input (control machine)", "unknown task option `invoke deploy --hots gpu01`",
+              f"exit {proc.returncode}, invoke says `{(proc.stderr + proc.stdout).strip()}`; nothing runs")
+
+
+def test_unknown_host_and_group(fault_log):
+    proc = invoke("deploy", "--host", "gpu99")
+    assert proc.returncode == 2 and "unknown host 'gpu99'" in proc.stderr and "gpu08" in proc.stderr, show(proc)
+    no_traceback(proc)
+    proc = invoke("deploy", "--group", "nogroup")
+    assert proc.returncode == 2 and "unknown group 'nogroup'" in proc.stderr, show(proc)
+    no_traceback(proc)
+    fault_log("Bad input (control machine)", "`--host gpu99` / `--group nogroup` not in the inventory",
+              "exit 2, the error names the hosts/groups that exist")
+
+
+def test_error_text_with_brackets_is_printed_not_parsed_as_markup(tmp_path):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  hosts:\n    gpu08: {ansible_host: 10.213.0.18, x: '{{ [/bold] nope }}'}\n")
+    proc = invoke("deploy", "--host", "gpu08", "--inventory", str(inv))
+    assert proc.returncode == 2, show(proc)
+    no_traceback(proc)
+
+
+@pytest.mark.xfail(strict=True, reason="tasks.py casts --forks with int() inside invoke's parser: a traceback "
+                                       "(tasks.py is not this test's file; reported to the lead)")
+def test_non_numeric_forks():
+    proc = invoke("smoke", "--host", "gpu08", "--forks", "abc", "--check")
+    assert proc.returncode != 0
+    no_traceback(proc)

@@ -1,0 +1,708 @@
+"""`invoke doctor`: diagnose a host's Triton Python backend and its running server, and fix what is safe.
+
+All host evidence comes back in ONE round trip (a POSIX sh script, like facts.py): the unit and the running
+process's argv, the /opt/tritonserver layout, the stub (owner, `ldd` with the unit's LD_LIBRARY_PATH), numpy as
+the service user, /dev/shm, listening sockets, free disk, GPUs, the journal of the last run and the model
+repository (listing and config.pbtxt files). The repository index is read from the control machine with a short
+timeout (a server hung in loading does not slow the diagnosis). Every check below turns evidence into findings;
+what each failure means lives in `triton.py` (layout, defaults) and `signatures.py` (log lines, causes, fixes).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+
+from . import signatures, triton
+from .signatures import BY_ID
+
+q = shlex.quote
+SEVERITIES = ("error", "warning", "info")
+JOURNAL_LINES = 300
+
+_SCRIPT = r"""
+begin() { echo "@@begin $1"; }
+end() { echo; echo "@@end"; }
+echo "python_version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"
+for m in apt-get dnf yum zypper; do command -v $m >/dev/null 2>&1 && { echo "pkg_mgr=${m%-get}"; break; }; done
+systemctl show "$TF_SERVICE" -p LoadState -p ActiveState -p SubState -p MainPID -p NRestarts -p Result \
+  -p UnitFileState -p FragmentPath -p DropInPaths -p Description -p User -p ExecMainStatus 2>/dev/null \
+  | sed 's/^/service_/'
+pid=$(systemctl show "$TF_SERVICE" -p MainPID --value 2>/dev/null)
+begin cmdline; [ -n "$pid" ] && [ "$pid" != 0 ] && tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null; end
+begin unit; systemctl cat "$TF_SERVICE" 2>/dev/null; end
+echo "root_target=$(readlink -f "$TF_ROOT" 2>/dev/null)"
+for f in $TF_FILES; do [ -e "$TF_ROOT/$f" ] && echo "file=$f"; done
+echo "stub_stat=$(stat -L -c '%U %a' "$TF_STUB" 2>/dev/null)"
+begin ldd; [ -e "$TF_STUB" ] && LD_LIBRARY_PATH="$TF_LIB" timeout 20 ldd "$TF_STUB" 2>&1; end
+user=$(systemctl show "$TF_SERVICE" -p User --value 2>/dev/null); user=${user:-$TF_USER}
+run_as=""; id "$user" >/dev/null 2>&1 && command -v runuser >/dev/null 2>&1 && run_as="runuser -u $user --"
+begin numpy; (cd / && timeout 30 $run_as python3 -c 'import numpy; print("numpy_version=" + numpy.__version__)' 2>&1 | tail -n 3); end
+echo "shm_kb=$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $2 " " $4}')"
+echo "disk_free_kb=$(df -Pk /opt 2>/dev/null | awk 'NR==2 {print $4}')"
+begin ss; ss -ltnpH 2>&1; end
+if command -v nvidia-smi >/dev/null 2>&1; then
+  begin gpus; timeout 20 nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader 2>&1; end
+fi
+begin journal; journalctl -u "$TF_SERVICE" -n "$TF_JOURNAL" --no-pager -o cat 2>&1; end
+repo=""; [ -n "$pid" ] && [ "$pid" != 0 ] && repo=$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | sed -n 's/^--model-repository=//p' | head -n 1)
+repo=${repo:-$TF_REPO}
+echo "repo=$repo"
+begin repo_listing; [ -d "$repo" ] && find "$repo" -mindepth 1 -maxdepth 2 -printf '%y %P\n' 2>/dev/null | sort | head -n 5000; end
+for c in "$repo"/*/config.pbtxt; do
+  [ -f "$c" ] || continue
+  begin "config $(basename "$(dirname "$c")")"; head -c 262144 "$c"; end
+done
+"""
+
+
+@dataclass
+class Finding:
+    check: str
+    severity: str  # error | warning | info
+    title: str
+    evidence: list = field(default_factory=list)
+    fix: str = ""
+    link: str = ""
+    action: str = ""  # the safe fix `--fix` applies ("" when a person must act)
+    signature: str = ""
+    models: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Evidence:
+    values: dict = field(default_factory=dict)
+    sections: dict = field(default_factory=dict)
+    files: set = field(default_factory=set)
+    service: dict = field(default_factory=dict)
+    configs: dict = field(default_factory=dict)  # model name -> config.pbtxt text
+
+    def section(self, name: str) -> str:
+        return self.sections.get(name, "")
+
+    def lines(self, name: str) -> list[str]:
+        return [ln for ln in self.section(name).splitlines() if ln.strip()]
+
+
+@dataclass
+class Diagnosis:
+    host: str
+    findings: list = field(default_factory=list)
+    reachable: bool = True
+    index: list = field(default_factory=list)
+    ready: bool = False
+    seconds: float = 0.0
+
+    def add(self, finding: Finding) -> None:
+        """Add a finding; a second one with the same signature merges into the first (evidence, models)."""
+        for f in self.findings:
+            if (finding.signature and f.signature == finding.signature) or \
+                    (f.check, f.title) == (finding.check, finding.title):
+                f.evidence += [e for e in finding.evidence if e not in f.evidence]
+                f.models += [m for m in finding.models if m not in f.models]
+                if SEVERITIES.index(finding.severity) < SEVERITIES.index(f.severity):
+                    f.severity = finding.severity
+                f.action = f.action or finding.action
+                return
+        self.findings.append(finding)
+
+    @property
+    def errors(self) -> list:
+        return [f for f in self.findings if f.severity == "error"]
+
+    def sorted(self) -> list:
+        return sorted(self.findings, key=lambda f: SEVERITIES.index(f.severity))
+
+    def as_dict(self) -> dict:
+        return {"host": self.host, "reachable": self.reachable, "ready": self.ready,
+                "errors": len(self.errors), "seconds": round(self.seconds, 2),
+                "findings": [f.as_dict() for f in self.sorted()], "index": self.index}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evidence
+
+
+def evidence_command(hostvars: dict) -> str:
+    env = {
+        "TF_SERVICE": triton.SERVICE, "TF_ROOT": triton.TRITON_ROOT, "TF_STUB": triton.STUB_PATH,
+        "TF_LIB": triton.LIB_DIR, "TF_USER": str(hostvars.get("triton_user", "triton")),
+        "TF_REPO": str(hostvars.get("triton_model_repository_path", "")), "TF_JOURNAL": str(JOURNAL_LINES),
+        "TF_FILES": " ".join(["bin/tritonserver", *triton.PYTHON_BACKEND_FILES, triton.STUB_IN_RELEASE]),
+    }
+    assign = " ".join(f"{k}={q(v)}" for k, v in env.items())
+    return f"{assign} sh -c {q(_SCRIPT)}"
+
+
+def parse_evidence(output: str) -> Evidence:
+    ev = Evidence()
+    current, buf = None, []
+    for line in output.splitlines():
+        if current is not None:
+            if line == "@@end":
+                text = "\n".join(buf).rstrip("\n")
+                if current.startswith("config "):
+                    ev.configs[current[len("config "):]] = text
+                else:
+                    ev.sections[current] = text
+                current, buf = None, []
+            else:
+                buf.append(line)
+            continue
+        if line.startswith("@@begin "):
+            current = line[len("@@begin "):]
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        if key == "file":
+            ev.files.add(value)
+        elif key.startswith("service_"):
+            ev.service[key[len("service_"):]] = value
+        else:
+            ev.values[key] = value.strip()
+    return ev
+
+
+def unit_argv(unit_text: str) -> list[str]:
+    """tritonserver's argv from `systemctl cat` output: the last non-empty ExecStart= wins."""
+    exec_start = ""
+    lines = unit_text.replace("\\\n", " ").splitlines()
+    for line in lines:
+        if line.startswith("ExecStart="):
+            value = line[len("ExecStart="):].strip()
+            exec_start = value  # an empty ExecStart= resets (drop-ins)
+    try:
+        argv = shlex.split(exec_start.lstrip("-@:+!"))
+    except ValueError:
+        argv = exec_start.split()
+    return argv
+
+
+def _server_index(address: str, port: int, timeout: float) -> tuple[bool, list | None, str]:
+    from .smoke import _host, _index, _request
+    base = f"http://{_host(address)}:{port}"
+    try:
+        status, _ = _request(f"{base}/v2/health/ready", timeout)
+    except OSError as exc:
+        return False, None, f"{base} does not answer: {exc}"
+    return status == 200, _index(base, timeout), ""
+
+
+def gather(conn, hostvars: dict) -> Evidence:
+    return parse_evidence(conn.run(evidence_command(hostvars), check=False, timeout=120).stdout)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checks
+
+
+class _Context:
+    def __init__(self, ev: Evidence, hostvars: dict, address: str, host_name: str):
+        self.ev, self.vars, self.address, self.host_name = ev, hostvars, address, host_name
+        self.proc_argv = [a for a in ev.lines("cmdline")]
+        self.unit_text = ev.section("unit")
+        self.unit_argv = unit_argv(self.unit_text)
+        self.argv = self.proc_argv or self.unit_argv
+        self.python = ev.values.get("python_version", "")
+        self.user = ev.service.get("User") or str(hostvars.get("triton_user", "triton"))
+        self.gpus = [ln for ln in ev.lines("gpus") if "," in ln]
+        self.configs = {}
+        self.config_errors = {}
+        for name, text in ev.configs.items():
+            cfg, err = _parse_config(text)
+            if cfg is not None:
+                self.configs[name] = cfg
+            else:
+                self.config_errors[name] = err
+
+    def port(self, kind: str) -> int:
+        flag, var = triton.PORT_FLAGS[kind]
+        values = triton.flag_values(self.argv, flag)
+        try:
+            return int(values[-1]) if values else int(self.vars.get(var, triton.DEFAULT_PORTS[kind]))
+        except ValueError:
+            return triton.DEFAULT_PORTS[kind]
+
+    def packages(self) -> list[str]:
+        try:
+            return triton.python_packages(self.ev.values.get("pkg_mgr", ""), self.python or "3")
+        except Exception:
+            return []
+
+
+def _parse_config(text: str):
+    from google.protobuf import text_format
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+    try:
+        return text_format.Parse(text, ModelConfig()), ""
+    except text_format.ParseError as exc:
+        return None, str(exc)
+
+
+def _sig_finding(check: str, sig_id: str, title: str, evidence: list, **kw) -> Finding:
+    sig = BY_ID[sig_id]
+    return Finding(check, kw.pop("severity", sig.severity), title, evidence, kw.pop("fix", sig.fix),
+                   sig.link, kw.pop("action", sig.action), sig.id, **kw)
+
+
+def check_service(c: _Context, d: Diagnosis) -> None:
+    s = c.ev.service
+    if s.get("LoadState") in ("not-found", "", None):
+        d.add(Finding("service", "error", f"{triton.SERVICE}.service is not installed",
+                      [f"LoadState={s.get('LoadState', '')}"], f"run `invoke deploy --host {c.host_name}`"))
+        return
+    state = f"ActiveState={s.get('ActiveState')} SubState={s.get('SubState')} Result={s.get('Result')} " \
+            f"NRestarts={s.get('NRestarts')}"
+    if s.get("ActiveState") == "failed" or (s.get("ActiveState") == "inactive" and s.get("UnitFileState") == "enabled"):
+        d.add(Finding("service", "error", f"{triton.SERVICE} is not running", [state],
+                      "fix the cause below, then restart it (`--fix` restarts it)", action="restart"))
+    elif s.get("ActiveState") == "activating" and s.get("SubState") == "auto-restart":
+        d.add(Finding("service", "error", f"{triton.SERVICE} keeps exiting and systemd restarts it", [state],
+                      "fix the cause below (the journal's last lines)", action="restart"))
+    elif s.get("NRestarts", "0").isdigit() and int(s["NRestarts"]) > 0:
+        d.add(Finding("service", "warning", f"{triton.SERVICE} was restarted {s['NRestarts']} time(s) by systemd",
+                      [state], "look at the journal for why it exited"))
+
+
+def check_layout(c: _Context, d: Diagnosis) -> None:
+    root = c.ev.values.get("root_target", "")
+    missing = [f for f in ["bin/tritonserver", *triton.PYTHON_BACKEND_FILES] if f not in c.ev.files]
+    if missing:
+        d.add(Finding("layout", "error", f"{triton.TRITON_ROOT} is incomplete",
+                      [f"{triton.TRITON_ROOT} -> {root or '(missing)'}; missing: {', '.join(missing)}"],
+                      f"run `invoke deploy --host {c.host_name}` (pushes the release and switches the link)"))
+
+
+def check_backend_directory(c: _Context, d: Diagnosis) -> None:
+    seen = []
+    for where, argv in (("process", c.proc_argv), ("unit", c.unit_argv)):
+        for value in triton.flag_values(argv, "--backend-directory"):
+            seen.append((where, value))
+    slashed = [(w, v) for w, v in seen if len(v) > 1 and v.endswith("/")]
+    if slashed:
+        d.add(_sig_finding("backend_directory", "backend_dir_trailing_slash",
+                           "--backend-directory has a trailing slash: every Python model fails with "
+                           "No module named 'model'",
+                           [f"{w}: --backend-directory={v}" for w, v in slashed]))
+        return
+    for where, value in seen:
+        if triton.normalize_backend_directory(value) == triton.DEFAULT_BACKEND_DIRECTORY:
+            d.add(Finding("backend_directory", "info", "--backend-directory is set to the compiled-in default",
+                          [f"{where}: --backend-directory={value}"], "the flag is not needed; leave it out"))
+        else:
+            d.add(Finding("backend_directory", "warning", "--backend-directory is not the compiled-in default",
+                          [f"{where}: --backend-directory={value}"],
+                          f"the Python backend must be at <dir>/python; tritonfleet installs it under "
+                          f"{triton.DEFAULT_BACKEND_DIRECTORY}"))
+
+
+def check_stub(c: _Context, d: Diagnosis) -> None:
+    if triton.STUB_IN_RELEASE not in c.ev.files:
+        d.add(Finding("stub", "error", "the Python backend stub is missing", [f"{triton.STUB_PATH}: not found"],
+                      f"run `invoke deploy --host {c.host_name}` (installs the stub for the host's Python)"))
+        return
+    ldd = c.ev.lines("ldd")
+    pkgs = c.packages()
+    for line in ldd:
+        m = re.search(r"(libpython(\d+\.\d+)\S*) => (.*)", line)
+        if m:
+            stub_py = m.group(2)
+            if c.python and stub_py != c.python:
+                d.add(_sig_finding("stub", "stub_python_mismatch",
+                                   f"the stub embeds Python {stub_py} but the host's python3 is {c.python}",
+                                   [line.strip(), f"python3 --version: {c.python}"],
+                                   fix=f"install the stub built for Python {c.python}: `invoke deploy --host "
+                                       f"{c.host_name}` (or a bundle with a {c.python} stub)", action=""))
+            elif "not found" in m.group(3):
+                d.add(_sig_finding("stub", "libpython_missing",
+                                   f"the shared libpython{stub_py} the stub links is not installed",
+                                   [line.strip()],
+                                   fix=f"install {pkgs[0] if pkgs else f'the shared libpython{stub_py}'}"))
+        elif "not found" in line:
+            d.add(Finding("stub", "error", "a library the stub links is not found", [line.strip()],
+                          f"check {triton.LIB_DIR} (the unit's LD_LIBRARY_PATH) is the bundle's lib folder"))
+    owner, _, mode = (c.ev.values.get("stub_stat") or "").partition(" ")
+    if owner and owner != c.user:
+        # The backend chmods the stub whenever its trial run fails, which only its owner may do: a stub the user
+        # cannot execute fails now; one it can (o+x) fails the first time the backend wants to chmod it.
+        others_x = mode.strip().isdigit() and int(mode.strip(), 8) & 0o001
+        d.add(_sig_finding("stub", "stub_permission",
+                           f"the stub is owned by {owner}, not by the service user {c.user}"
+                           + ("" if others_x else f", and {c.user} cannot execute it"),
+                           [f"stat {triton.STUB_PATH}: owner {owner}, mode {mode}"],
+                           fix=f"`chown {c.user}:{c.user} {triton.STUB_PATH}`",
+                           severity="warning" if others_x else "error"))
+
+
+def check_numpy(c: _Context, d: Diagnosis) -> None:
+    out = c.ev.lines("numpy")
+    if any(ln.startswith("numpy_version=") for ln in out):
+        return
+    pkgs = c.packages()
+    if not c.python:
+        d.add(Finding("numpy", "error", "the host has no python3", out[-1:],
+                      "install python3 (the stub embeds the host's Python)"))
+        return
+    d.add(_sig_finding("numpy", "numpy_missing", f"python3 {c.python} cannot import numpy (as user {c.user})",
+                       out[-1:] or ["import numpy failed"],
+                       fix=f"install {pkgs[1] if len(pkgs) > 1 else 'numpy for python3'}"))
+
+
+def _python_instances(c: _Context) -> int:
+    total = 0
+    n_gpus = max(1, len(c.gpus))
+    for cfg in c.configs.values():
+        if cfg.backend != "python":
+            continue
+        if not cfg.instance_group:
+            total += n_gpus if c.gpus else 1
+        for group in cfg.instance_group:
+            count = group.count or 1
+            # KIND_GPU (1) or KIND_AUTO (0) with GPUs: one set per GPU listed (all GPUs when none are listed)
+            if group.kind in (0, 1) and c.gpus:
+                count *= len(group.gpus) or n_gpus
+            total += count
+    return total
+
+
+def check_shm(c: _Context, d: Diagnosis) -> None:
+    parts = (c.ev.values.get("shm_kb") or "").split()
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        d.add(Finding("shm", "warning", "/dev/shm is not mounted", ["df -Pk /dev/shm: no answer"],
+                      "mount a tmpfs on /dev/shm: the Python backend needs it"))
+        return
+    total_kb, free_kb = map(int, parts)
+    settings = triton.python_shm_settings(c.argv)
+    per = settings["shm-default-byte-size"]
+    instances = _python_instances(c)
+    needed = per * max(1, instances)
+    evidence = [f"/dev/shm: {total_kb} KiB, {free_kb} KiB free; {instances} Python model instance(s) x "
+                f"shm-default-byte-size {per} B = {needed // 1024} KiB (+ shm-growth-byte-size "
+                f"{settings['shm-growth-byte-size']} B each as they grow)"]
+    if total_kb * 1024 < needed:
+        d.add(_sig_finding("shm", "shm_too_small", "/dev/shm is too small for the Python model instances",
+                           evidence))
+    elif free_kb * 1024 < needed:
+        d.add(_sig_finding("shm", "shm_too_small", "/dev/shm has too little free space for the Python "
+                           "model instances", evidence, severity="warning"))
+
+
+_SS = re.compile(r"^\S+\s+\d+\s+\d+\s+(\S+):(\d+)\s+\S+(?:\s+(.*))?$")
+
+
+def check_ports(c: _Context, d: Diagnosis) -> None:
+    wanted = {c.port(kind): kind for kind in triton.PORT_FLAGS}
+    for line in c.ev.lines("ss"):
+        m = _SS.match(line.strip())
+        if not m or int(m.group(2)) not in wanted:
+            continue
+        procs = re.findall(r'\("([^"]+)",pid=(\d+)', m.group(3) or "")
+        others = [f"{name} (pid {pid})" for name, pid in procs if name != "tritonserver"]
+        if others:
+            port = int(m.group(2))
+            d.add(_sig_finding("ports", "port_in_use",
+                               f"port {port} ({wanted[port]}) is held by {', '.join(others)}", [line.strip()],
+                               fix=f"stop {', '.join(others)} or give Triton another {wanted[port]} port "
+                                   f"(triton_{wanted[port]}_port)"))
+
+
+def check_disk(c: _Context, d: Diagnosis) -> None:
+    free = c.ev.values.get("disk_free_kb", "")
+    if free.isdigit() and int(free) < triton.FREE_DISK_MIN_KB:
+        d.add(Finding("disk", "warning", f"only {int(free) // 1024} MiB free in /opt",
+                      [f"df -Pk /opt: {free} KiB available"],
+                      f"free space: a release needs about 1 GiB; old ones are in {triton.RELEASES_DIR}"))
+
+
+def check_gpus(c: _Context, d: Diagnosis) -> None:
+    gpu_models = sorted(n for n, cfg in c.configs.items() if any(g.kind == 1 for g in cfg.instance_group))
+    if not c.gpus:
+        if gpu_models:
+            d.add(Finding("gpu", "error", f"model(s) {', '.join(gpu_models)} ask for KIND_GPU but the host has no "
+                          "GPU", ["nvidia-smi: not found or no GPU"], "use KIND_CPU for them or a GPU host",
+                          models=gpu_models))
+        else:
+            d.add(Finding("gpu", "info", "CPU-only host (no nvidia-smi)", [],
+                          "nothing to do: Python models run on CPU"))
+        return
+    for line in c.gpus:
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 3 and not triton.driver_is_new_enough(parts[2]):
+            d.add(_sig_finding("gpu", "cuda_driver_insufficient",
+                               f"GPU {parts[0]} driver {parts[2]} is older than {triton.MIN_DRIVER_VERSION}, which "
+                               f"the bundle's CUDA {triton.BUNDLE_CUDA_VERSION} runtime needs", [line],
+                               severity="error"))
+
+
+def check_repository(c: _Context, d: Diagnosis) -> None:
+    repo = c.ev.values.get("repo", "")
+    listing = c.ev.lines("repo_listing")
+    models = sorted(p.split(" ", 1)[1] for p in listing if p.startswith("d ") and "/" not in p.split(" ", 1)[1])
+    versions: dict[str, list] = {m: [] for m in models}
+    for p in listing:
+        kind, _, rel = p.partition(" ")
+        model, _, sub = rel.partition("/")
+        if kind == "d" and sub.isdigit() and model in versions:
+            versions[model].append(sub)
+    for model, vs in versions.items():
+        if not vs:
+            d.add(_sig_finding("repository", "missing_version", f"model '{model}' has no version folder",
+                               [f"{repo}/{model}/: no numeric sub-folder"], models=[model]))
+    for model, err in c.config_errors.items():
+        d.add(_sig_finding("repository", "bad_config", f"{repo}/{model}/config.pbtxt does not parse",
+                           [f"{repo}/{model}/config.pbtxt:{err}"], models=[model]))
+
+
+def _last_run(journal: list[str], description: str) -> list[str]:
+    """The journal lines since the unit's last start (older runs' errors are history, not the present)."""
+    start = 0
+    for i, line in enumerate(journal):
+        if line.startswith("Started ") and (not description or description in line):
+            start = i
+    return journal[start:]
+
+
+def check_journal(c: _Context, d: Diagnosis) -> None:
+    lines = _last_run(c.ev.lines("journal"), c.ev.service.get("Description", ""))
+    for sig, line in signatures.match_lines(lines):
+        if sig.id == "cuda_driver_insufficient" and not c.gpus:
+            continue  # harmless on a CPU-only host
+        d.add(_sig_finding("journal", sig.id, sig.cause, [line[:600]]))
+
+
+def check_models(c: _Context, d: Diagnosis, index: list | None, ready: bool, error: str) -> None:
+    if index is None:
+        if c.ev.service.get("ActiveState") == "active":
+            d.add(Finding("models", "error", "the server does not answer its repository index",
+                          [error or f"POST /v2/repository/index on port {c.port('http')} failed"],
+                          "see the findings above and the journal (a server hung in loading answers nothing)"))
+        return
+    present = {str(m.get("name")) for m in index}
+    for m in index:
+        state = str(m.get("state") or "")
+        if state == "READY":
+            continue
+        name, reason = str(m.get("name")), str(m.get("reason") or "")
+        first = reason.strip().splitlines()[0] if reason.strip() else "no reason given"
+        line = f"model '{name}' is {state or 'not loaded'}: {first}"
+        sig = signatures.match(reason)
+        cfg = c.configs.get(name)
+        if sig:
+            d.add(_sig_finding("models", sig.id, sig.cause, [line[:600]], models=[name]))
+        elif not state and name in c.config_errors:
+            d.add(_sig_finding("models", "bad_config", BY_ID["bad_config"].cause, [line], models=[name]))
+        elif cfg is not None and cfg.platform == "ensemble":
+            steps = sorted({s.model_name for s in cfg.ensemble_scheduling.step})
+            d.add(Finding("models", "error", f"ensemble '{name}' is not loaded: it waits on its step model(s) "
+                          f"{', '.join(steps)}", [line], "fix the step models (findings above); the ensemble "
+                          "loads with them", models=[name]))
+        else:
+            d.add(Finding("models", "error", f"model '{name}' is not ready", [line[:600]],
+                          "read the model's reason and the journal", models=[name]))
+    for name in sorted(set(c.ev.configs) - present):
+        d.add(Finding("models", "error", f"model '{name}' is in the repository but not in the server's index",
+                      [f"{name}/config.pbtxt on the host"], "see the journal for why it was skipped",
+                      models=[name]))
+    if not ready and not d.errors:
+        d.add(Finding("models", "error", "the server says it is not ready", [f"GET /v2/health/ready on port "
+                      f"{c.port('http')}"], "see the journal"))
+
+
+CHECKS = (check_service, check_layout, check_backend_directory, check_stub, check_numpy, check_shm, check_ports,
+          check_disk, check_gpus, check_repository, check_journal)
+
+
+def diagnose(conn, host, hostvars: dict, *, index_timeout: float = 3.0) -> Diagnosis:
+    """Every check, from one round trip of host evidence plus the server's index; never raises for host problems."""
+    start = time.monotonic()
+    ev = gather(conn, hostvars)
+    c = _Context(ev, hostvars, host.address, host.name)
+    d = Diagnosis(host.name)
+    for check in CHECKS:
+        check(c, d)
+    ready, index, error = (False, None, "")
+    if ev.service.get("ActiveState") == "active":
+        ready, index, error = _server_index(host.address, c.port("http"), index_timeout)
+    check_models(c, d, index, ready, error)
+    d.ready, d.index = ready, index or []
+    d._context = c  # for fixes
+    d.seconds = time.monotonic() - start
+    return d
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fixes
+
+
+def _install_command(pkg_mgr: str, pkgs: list[str]) -> str | None:
+    names = " ".join(q(p) for p in pkgs)
+    if pkg_mgr == "apt":
+        return ("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && "
+                f"apt-get install -y -qq --no-install-recommends {names}")
+    if pkg_mgr in ("dnf", "yum"):
+        return f"{pkg_mgr} install -y {names}"
+    if pkg_mgr == "zypper":
+        return f"zypper --non-interactive install {names}"
+    return None
+
+
+_SLASHED_FLAG = re.compile(r"(--backend-directory[= ]\"?)(/[^\s\"]*?)/+(?=[\s\"]|$)", re.M)
+
+
+def apply_fixes(conn, host, hostvars: dict, diagnosis: Diagnosis, *, wait_s: float | None = None,
+                progress=lambda msg: None) -> tuple[list[str], Diagnosis]:
+    """Apply the safe fixes the findings ask for, restart, wait (bounded) for readiness and check again."""
+    c: _Context = diagnosis._context
+    actions = {f.action for f in diagnosis.findings if f.action and f.severity == "error"}
+    done: list[str] = []
+    if "packages" in actions:
+        pkgs = c.packages()
+        wanted = []
+        sig_ids = {f.signature for f in diagnosis.findings if f.action == "packages"}
+        if "libpython_missing" in sig_ids and pkgs:
+            wanted.append(pkgs[0])
+        if "numpy_missing" in sig_ids and len(pkgs) > 1:
+            wanted.append(pkgs[1])
+        cmd = _install_command(c.ev.values.get("pkg_mgr", ""), wanted) if wanted else None
+        if cmd:
+            progress(f"installing {', '.join(wanted)}")
+            res = conn.run(cmd, check=False, timeout=900)
+            done.append(f"installed {', '.join(wanted)}" if res.ok else
+                        f"FAILED to install {', '.join(wanted)}: {(res.stderr or res.stdout).strip()[-300:]}")
+        elif wanted:
+            done.append(f"cannot install {', '.join(wanted)}: no known package manager")
+    if "chown_stub" in actions:
+        res = conn.run(f"chown {q(c.user)}:{q(c.user)} {q(triton.STUB_PATH)}", check=False)
+        done.append(f"chowned the stub to {c.user}" if res.ok else f"FAILED to chown the stub: {res.stderr.strip()}")
+    if "backend_dir" in actions:
+        paths = [p for p in [c.ev.service.get("FragmentPath", ""), *c.ev.service.get("DropInPaths", "").split()] if p]
+        edited = []
+        for path in paths:
+            text = conn.run(f"cat {q(path)}", check=False).stdout
+            new = _SLASHED_FLAG.sub(lambda m: m.group(1) + m.group(2), text)
+            if new != text:
+                conn.put_text(new, path)
+                edited.append(path)
+        done.append(f"dropped the trailing slash of --backend-directory in {', '.join(edited)}" if edited else
+                    "found no --backend-directory with a trailing slash in the unit files to edit")
+    if done or "restart" in actions:
+        svc = q(triton.SERVICE)
+        res = conn.run(f"systemctl daemon-reload && systemctl reset-failed {svc} 2>/dev/null; "
+                       f"systemctl restart {svc}", check=False, timeout=180)
+        done.append(f"restarted {triton.SERVICE}" if res.ok else f"FAILED to restart: {res.stderr.strip()[-300:]}")
+        from .smoke import wait_until_ready
+        timeout = float(wait_s if wait_s is not None else min(120, float(hostvars.get("triton_ready_timeout", 180))))
+        progress(f"waiting up to {timeout:.0f} s for readiness")
+        t0 = time.monotonic()
+        ready, _ = wait_until_ready(host.address, c.port("http"), timeout_s=timeout)
+        done.append(f"server {'ready' if ready else 'NOT ready'} after {time.monotonic() - t0:.1f} s")
+    if not done:
+        return [], diagnosis
+    return done, diagnose(conn, host, hostvars)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# text
+
+
+def render(d: Diagnosis, *, include_info: bool = True, indent: str = "  ") -> str:
+    """The findings as text a person reads: severity, title, evidence, fix, link."""
+    lines = []
+    for f in d.sorted():
+        if f.severity == "info" and not include_info:
+            continue
+        lines.append(f"{indent}{f.severity.upper():<7} [{f.check}] {f.title}")
+        for e in f.evidence[:3]:
+            lines.append(f"{indent}        evidence: {e}")
+        if f.fix:
+            auto = " (doctor --fix does this)" if f.action else ""
+            lines.append(f"{indent}        fix: {f.fix}{auto}")
+        if f.link:
+            lines.append(f"{indent}        see: {f.link}")
+    return "\n".join(lines)
+
+
+def summary(d: Diagnosis) -> str:
+    counts = {s: sum(1 for f in d.findings if f.severity == s) for s in SEVERITIES}
+    state = "ready" if d.ready else "NOT ready"
+    return (f"{d.host}: {counts['error']} error(s), {counts['warning']} warning(s), server {state} "
+            f"({d.seconds:.1f} s)")
+
+
+def diagnosis_for_outcome(ctx) -> tuple[str, dict]:
+    """For a failed wait_ready/smoke: the diagnosis as text to append to the message and as data; never raises."""
+    try:
+        d = diagnose(ctx.conn, ctx.host, ctx.vars)
+    except Exception as exc:  # a diagnosis must never hide the original failure
+        return f"\ndiagnosis failed: {type(exc).__name__}: {exc}", {}
+    text = render(d, include_info=False, indent="    ")
+    if not text:
+        return "", {"diagnosis": d.as_dict()}
+    return "\ndiagnosis (invoke doctor):\n" + text, {"diagnosis": d.as_dict()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hosts
+
+
+@dataclass
+class HostReport:
+    host: str
+    before: Diagnosis | None = None
+    fixes: list = field(default_factory=list)
+    after: Diagnosis | None = None
+    unreachable: str = ""
+
+    @property
+    def final(self) -> Diagnosis | None:
+        return self.after or self.before
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.unreachable) or self.final is None or bool(self.final.errors)
+
+    def as_dict(self) -> dict:
+        return {"host": self.host, "ok": not self.failed, "unreachable": self.unreachable,
+                "diagnosis": self.before.as_dict() if self.before else None, "fixes": self.fixes,
+                "after_fix": self.after.as_dict() if self.after else None}
+
+
+def run_doctor(hosts: list, *, fix: bool = False, forks: int = 10, progress=lambda host, msg: None) -> list:
+    """Diagnose (and with fix=True repair) every host in parallel, one connection each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .connection import HostConnection, Unreachable
+    from .errors import TritonfleetError
+    from .runner import host_vars
+
+    def one(host) -> HostReport:
+        report = HostReport(host.name)
+        try:
+            conn = HostConnection(host)
+        except Unreachable as exc:
+            report.unreachable = str(exc)
+            return report
+        try:
+            hv = host_vars(host, {})
+            progress(host.name, "gathering evidence")
+            report.before = diagnose(conn, host, hv)
+            if fix and any(f.action for f in report.before.errors):
+                report.fixes, after = apply_fixes(conn, host, hv, report.before,
+                                                  progress=lambda msg: progress(host.name, msg))
+                report.after = after if report.fixes else None
+        except Unreachable as exc:
+            report.unreachable = str(exc)
+        except TritonfleetError as exc:
+            report.unreachable = str(exc)
+        finally:
+            conn.close()
+        return report
+
+    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
+        return list(pool.map(one, hosts))

@@ -1,0 +1,138 @@
+"""Fleet rollouts: canary first, then batches; every host of a batch must pass its smoke test before the next.
+
+A host whose deploy fails after it changed something is put back on the release it had and must pass the
+smoke test again there. Failures (including unreachable hosts) beyond `max_fail` stop the rollout; hosts
+not reached yet are left untouched and listed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .errors import TritonfleetError
+from .paths import REPO_ROOT
+from .report import Reporter
+from .runner import HostRun, prepare, run_playbook
+
+DEPLOY = REPO_ROOT / "playbooks" / "deploy.yml"
+ROLLBACK = REPO_ROOT / "playbooks" / "rollback.yml"
+
+
+def parse_count(value, total: int, name: str, *, round_up: bool) -> int:
+    """`N` or `P%` of `total` hosts (Ansible's `serial` style); percentages round up for batches."""
+    text = str(value).strip()
+    try:
+        if text.endswith("%"):
+            pct = float(text[:-1])
+            if not 0 <= pct <= 100:
+                raise ValueError
+            count = (math.ceil if round_up else math.floor)(total * pct / 100)
+        else:
+            count = int(text)
+            if count < 0:
+                raise ValueError
+    except ValueError:
+        raise TritonfleetError(f"--{name} {value!r} is not a count or a percentage",
+                               hint=f"use e.g. --{name} 2 or --{name} 25%") from None
+    return count
+
+
+def plan_batches(hosts: list, canary: int, batch: int) -> list[list]:
+    """Canary hosts first (if any), then the rest in batches of `batch` (at least one host each)."""
+    batches, rest = [], list(hosts)
+    if canary > 0:
+        batches.append(rest[:canary])
+        rest = rest[canary:]
+    size = max(1, batch)
+    batches += [rest[i:i + size] for i in range(0, len(rest), size)]
+    return batches
+
+
+@dataclass
+class HostOutcome:
+    name: str
+    state: str  # ok | changed | failed | rolled back | rollback failed | unreachable | not reached
+    release_before: str = ""
+    release_after: str = ""
+    error: str = ""
+    bytes_sent: int = 0
+    batch: int = 0
+
+
+@dataclass
+class RolloutResult:
+    hosts: list = field(default_factory=list)
+    stopped: str = ""  # why the rollout stopped early, if it did
+    runs: list = field(default_factory=list)  # the HostRun of every deploy and rollback, in order
+
+    @property
+    def ok(self) -> bool:
+        return not self.stopped and all(h.state in ("ok", "changed") for h in self.hosts)
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "stopped": self.stopped, "hosts": [vars(h) for h in self.hosts],
+                "runs": [r.as_dict() for r in self.runs]}
+
+
+def _error_of(run: HostRun) -> str:
+    if run.error:
+        return run.error
+    failed = [s for s in run.steps if s["status"] == "failed"]
+    return f"{failed[-1]['task']}: {failed[-1]['msg']}" if failed else ""
+
+
+def rollout(hosts: list, *, canary: int = 1, batch="25%", max_fail="0", forks: int = 10,
+            extra_vars: dict | None = None, bundle_source: str | None = None,
+            reporter: Reporter | None = None) -> RolloutResult:
+    reporter = reporter or Reporter()
+    total = len(hosts)
+    batch_size = parse_count(batch, total - min(canary, total), "batch", round_up=True) if total > canary else 1
+    allowed = parse_count(max_fail, total, "max-fail", round_up=False)
+    if canary < 0:
+        raise TritonfleetError("--canary must be 0 or more")
+    # Everything is checked for every host before the first one is touched.
+    deploy = prepare(DEPLOY, hosts, extra_vars, bundle_source, progress=reporter.info)
+    back = prepare(ROLLBACK, hosts, extra_vars, bundle_source, progress=reporter.info)
+    batches = plan_batches(hosts, canary, batch_size)
+    result = RolloutResult()
+    failures = 0
+    for number, group in enumerate(batches, start=1):
+        label = "canary" if number == 1 and canary > 0 else f"batch {number}"
+        reporter.info(f"{label}: {', '.join(h.name for h in group)}")
+        runs = run_playbook(DEPLOY, group, extra_vars=extra_vars, forks=forks, reporter=reporter,
+                            prepared=deploy, recap=False).hosts
+        result.runs += runs
+        for host, run in zip(group, runs):
+            outcome = HostOutcome(host.name, "changed" if run.counts["changed"] else "ok", run.release_before,
+                                  run.release_after, bytes_sent=run.bytes_sent, batch=number)
+            if run.unreachable:
+                outcome.state, outcome.error = "unreachable", run.error
+            elif run.failed:
+                outcome.state, outcome.error = "failed", _error_of(run)
+                if run.release_before and run.counts["changed"]:
+                    outcome.state, outcome.release_after = _roll_back(host, run, back, forks, reporter,
+                                                                      result)
+            failures += outcome.state not in ("ok", "changed")
+            result.hosts.append(outcome)
+        if failures > allowed:
+            rest = [h for later in batches[number:] for h in later]
+            result.stopped = (f"{failures} host(s) failed after the {label}, more than --max-fail allows "
+                              f"({allowed}); {len(rest)} host(s) not reached")
+            result.hosts += [HostOutcome(h.name, "not reached") for h in rest]
+            break
+    reporter.rollout_recap(result)
+    return result
+
+
+def _roll_back(host, run: HostRun, prepared, forks, reporter, result) -> tuple[str, str]:
+    """Put a failed host back on the release it had; it must pass the smoke test there."""
+    reporter.progress(host.name, f"rolling back to {run.release_before}")
+    book, all_vars, bundle, repositories = prepared
+    all_vars = {**all_vars, host.name: {**all_vars[host.name], "rollback_to": run.release_before}}
+    back = run_playbook(ROLLBACK, [host], forks=forks, reporter=reporter,
+                        prepared=(book, all_vars, bundle, repositories), recap=False).hosts[0]
+    result.runs.append(back)
+    if back.failed:
+        return "rollback failed", back.release_after
+    return "rolled back", back.release_after
