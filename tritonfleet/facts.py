@@ -44,6 +44,8 @@ for d in "$TF_STORE"/*/; do [ -d "$d" ] && echo "model_repo=$(basename "$d")"; d
 echo "unit_sha256=$(sha256sum "$TF_UNIT" 2>/dev/null | cut -d' ' -f1)"
 systemctl show "$TF_SERVICE" -p ActiveState -p SubState -p MainPID -p UnitFileState -p NRestarts \
   -p NeedDaemonReload 2>/dev/null | sed 's/^/service_/'
+pid=$(systemctl show "$TF_SERVICE" -p MainPID --value 2>/dev/null)
+if [ -n "$pid" ] && [ "$pid" != 0 ]; then echo "server_cmdline=$(tr '\0\n' '  ' < /proc/$pid/cmdline)"; fi
 since=$(systemctl show "$TF_SERVICE" -p ActiveEnterTimestamp --value 2>/dev/null)
 if [ -n "$since" ]; then echo "service_UptimeSeconds=$(( $(date +%s) - $(date -d "$since" +%s) ))"; fi
 """
@@ -79,6 +81,17 @@ class Facts:
     history: list = field(default_factory=list)  # releases.Release, newest last
     unit_sha256: str = ""
     service: dict = field(default_factory=dict)  # ActiveState, SubState, MainPID, UnitFileState, ...
+    server_cmdline: str = ""  # the running tritonserver's command line
+
+    @property
+    def server_mode(self) -> str:
+        """The model control mode of the running server ("" when none runs)."""
+        if not self.server_cmdline:
+            return ""
+        for arg in self.server_cmdline.split():
+            if arg.startswith("--model-control-mode="):
+                return arg.split("=", 1)[1]
+        return "none"
 
     def as_dict(self) -> dict:
         data = asdict(self)

@@ -219,6 +219,64 @@ def models_link(ctx, args) -> Outcome:
     return _would(ctx, f"switch {models_path} to models {ctx.repository.digest[:12]}")
 
 
+_MODEL_DIGESTS = r"""
+for m in */; do
+  m=${m%/}; printf '%s ' "$m"; find "$m" -type f ! -path '*/__pycache__/*' -print0 | sort -z \
+    | xargs -0 -r sha256sum | sha256sum | cut -d' ' -f1
+done
+"""
+
+
+def _model_digests(ctx, folder: str) -> dict[str, str]:
+    """Per-model content digests of a repository on the host, to tell which models a switch changes."""
+    if not folder:
+        return {}
+    out = ctx.conn.run(f"cd {q(folder)} 2>/dev/null && sh -c {q(_MODEL_DIGESTS)}", check=False).stdout
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def models_reload(ctx, args) -> Outcome:
+    """Explicit model control: switch to the staged repository and load only what changed, no restart.
+
+    Removed models are unloaded, changed and new ones loaded through Triton's repository API; each must be
+    READY and answer its smoke inference. If one fails, the previous repository comes back, that model is
+    loaded again from it, and the step fails naming the model.
+    """
+    models_path = str(args["dest"]).rstrip("/")
+    target = f"{releases.models_store(models_path)}/{ctx.repository.digest[:16]}"
+    if ctx.facts.models_is_unmanaged:
+        return Outcome(failed=True, msg=f"{models_path} is a folder tritonfleet did not make: move it away")
+    previous = ctx.facts.live_models
+    if previous == target:
+        return Outcome(msg=f"{models_path} -> {target}")
+    old, new = _model_digests(ctx, previous), _model_digests(ctx, target)
+    changed = sorted(m for m in new if old.get(m) != new[m])
+    removed = sorted(set(old) - set(new))
+    plan = ", ".join([f"load {m}" for m in changed] + [f"unload {m}" for m in removed]) or "no model changed"
+    if ctx.check:
+        return _would(ctx, f"switch {models_path} to models {ctx.repository.digest[:12]}: {plan}")
+    _switch_link(ctx, models_path, target)
+    ctx.facts.live_models = target
+    if ctx.facts.server_mode != "explicit":
+        return Outcome(changed=True, msg=f"switched {models_path}; no server in explicit mode runs yet: the "
+                                         "(re)start that follows loads every model")
+    from .smoke import repository_control, smoke_test
+    v = ctx.vars
+    control = repository_control(ctx.host.address, int(v["triton_http_port"]))
+    failures = control(unload=removed, load=changed)
+    if not failures:
+        report = smoke_test(ctx.host.address, int(v["triton_http_port"]), int(v["triton_grpc_port"]))
+        failures = {m.name: m.error or m.reason for m in report.models if not m.ok and m.name in changed}
+    if failures:
+        _switch_link(ctx, models_path, previous)
+        ctx.facts.live_models = previous
+        restored = control(unload=[m for m in changed if m not in old], load=[m for m in failures if m in old])
+        detail = "; ".join(f"model '{m}': {why}" for m, why in failures.items())
+        note = "previous version restored" + (f" (restore failed: {restored})" if restored else "")
+        return Outcome(failed=True, msg=f"{detail}; {note}")
+    return Outcome(changed=True, msg=f"switched to models {ctx.repository.digest[:12]} without a restart: {plan}")
+
+
 def _write_history(ctx, history: list) -> None:
     ctx.conn.run(f"install -d -m 0755 {q(releases.STATE_DIR)}")
     ctx.conn.put_text(releases.render_history(history), releases.HISTORY_FILE)
@@ -381,6 +439,7 @@ MODULES: dict[str, Module] = {
     "triton_link": Module(triton_link, needs=("bundle",)),
     "model_repository": Module(model_repository, required=("src", "dest", "group"), needs=("repository",)),
     "models_link": Module(models_link, required=("dest",), needs=("repository",)),
+    "models_reload": Module(models_reload, required=("dest",), needs=("repository",)),
     "release_record": Module(release_record, required=("dest",), optional=("keep",), needs=("repository",)),
     "release_rollback": Module(release_rollback, required=("dest",), optional=("to",)),
     "template": Module(template, required=("src", "dest"), optional=("mode", "owner", "group")),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -376,3 +377,32 @@ def wait_until_ready(address: str, http_port: int = 8000, timeout_s: float = 120
             break
         time.sleep(min(interval_s, remaining))
     return False, index
+
+
+def repository_control(address: str, http_port: int = 8000, timeout_s: float = 120.0):
+    """A function that unloads and loads models through Triton's repository API (explicit model control).
+
+    It returns {model: reason} for every model that failed to load (Triton answers a load only once the
+    model is READY or has failed, so no polling is needed).
+    """
+    base = f"http://{_host(address)}:{http_port}/v2/repository/models"
+
+    def control(unload: list[str] = (), load: list[str] = ()) -> dict[str, str]:
+        failures = {}
+        for action, names in (("unload", unload), ("load", load)):
+            for name in names:
+                try:
+                    status, body = _request(f"{base}/{urllib.parse.quote(name, safe='')}/{action}", timeout_s,
+                                            body=b"{}")
+                except OSError as exc:
+                    failures[name] = f"{action} failed: {_short(exc)}"
+                    continue
+                if status != 200:
+                    try:
+                        reason = json.loads(body or b"{}").get("error", "")
+                    except ValueError:
+                        reason = body.decode(errors="replace")
+                    failures[name] = f"{action} failed: {reason or f'HTTP {status}'}"
+        return failures
+
+    return control

@@ -1,0 +1,143 @@
+"""Model updates with explicit model control on a real lab host: no restart, no failed request, deltas only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from conftest import ssh
+from tritonfleet import lab as labmod
+from tritonfleet.paths import REPO_ROOT
+
+pytestmark = pytest.mark.lab
+
+HOST, ADDRESS = "gpu01", "10.213.0.11"
+EXAMPLES = REPO_ROOT / "examples" / "models"
+
+
+@pytest.fixture(scope="module")
+def inventory(lab, tmp_path_factory):
+    lab.ensure(1)
+    lab.reset(HOST)
+    path = tmp_path_factory.mktemp("inv") / "hosts.yml"
+    path.write_text(f"""all:
+  vars:
+    ansible_user: root
+    ansible_ssh_private_key_file: {labmod.LAB_KEY}
+    ansible_ssh_common_args: "-o UserKnownHostsFile={labmod.KNOWN_HOSTS} -o StrictHostKeyChecking=yes"
+    triton_model_control_mode: explicit
+  hosts:
+    {HOST}: {{ansible_host: {ADDRESS}}}
+""")
+    return path
+
+
+def invoke(inventory, *args, timeout=900):
+    proc = subprocess.run(["invoke", *args, "--host", HOST, "--inventory", str(inventory), "--json"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return proc, (json.loads(proc.stdout) if proc.stdout.startswith("{") else None)
+
+
+def server_pid() -> int:
+    return int(ssh(ADDRESS, "systemctl show tritonserver -p MainPID --value").stdout)
+
+
+def add(client, a, b):
+    inputs = [httpclient.InferInput("INPUT0", [4], "FP32"), httpclient.InferInput("INPUT1", [4], "FP32")]
+    inputs[0].set_data_from_numpy(np.asarray(a, dtype=np.float32))
+    inputs[1].set_data_from_numpy(np.asarray(b, dtype=np.float32))
+    return client.infer("add_sub", inputs).as_numpy("OUTPUT0").tolist()
+
+
+def repo_with_offset(tmp_path, name: str, offset: int):
+    """The example repository with add_sub adding `offset` to its sum: a one-file change."""
+    repo = tmp_path / name
+    shutil.copytree(EXAMPLES, repo)
+    model_py = repo / "add_sub" / "1" / "model.py"
+    model_py.write_text(model_py.read_text().replace("(in0 + in1)", f"(in0 + in1 + {offset})"))
+    return repo
+
+
+@pytest.fixture(scope="module")
+def deployed(inventory):
+    proc, report = invoke(inventory, "deploy")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cmdline = ssh(ADDRESS, f"tr '\\0' ' ' < /proc/{server_pid()}/cmdline").stdout
+    assert "--model-control-mode=explicit" in cmdline and "--load-model=*" in cmdline
+    return report
+
+
+def test_changed_model_loads_without_restart_and_no_request_fails(deployed, inventory, tmp_path):
+    client = httpclient.InferenceServerClient(f"{ADDRESS}:8000", connection_timeout=5, network_timeout=10)
+    assert add(client, [1, 2, 3, 4], [1, 1, 1, 1]) == [2, 3, 4, 5]
+    pid = server_pid()
+    seen, failures, stop = set(), [], threading.Event()
+
+    def client_loop():  # bounded in count and time; tritonclient's HTTP client belongs to one thread
+        own = httpclient.InferenceServerClient(f"{ADDRESS}:8000", connection_timeout=5, network_timeout=10)
+        deadline = time.monotonic() + 120
+        for _ in range(20000):
+            if stop.is_set() or time.monotonic() > deadline:
+                break
+            try:
+                seen.add(tuple(add(own, [1, 2, 3, 4], [1, 1, 1, 1])))
+            except Exception as exc:  # every failed request counts
+                failures.append(repr(exc))
+
+    loop = threading.Thread(target=client_loop)
+    loop.start()
+    try:
+        time.sleep(0.5)
+        proc, report = invoke(inventory, "sync-models", "--models", str(repo_with_offset(tmp_path, "v2", 100)))
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        loop.join(timeout=30)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = {s["module"]: s for s in report["hosts"][0]["steps"]}
+    assert "load add_sub" in steps["models_reload"]["msg"] and "load str_upper" not in steps["models_reload"]["msg"]
+    assert failures == []
+    assert (2, 3, 4, 5) in seen and (102, 103, 104, 105) in seen
+    assert add(client, [1, 2, 3, 4], [1, 1, 1, 1]) == [102, 103, 104, 105]
+    assert server_pid() == pid
+    # only the changed file crossed the network (hard links from the live version for the rest)
+    sent_files = [f for f in steps["model_repository"]["data"]["files"] if not f.endswith("/")]
+    assert sent_files == ["add_sub/1/model.py"]
+    print(f"bytes sent for the one-file change: {report['hosts'][0]['bytes_sent']}")
+
+
+def test_failing_model_is_restored_to_its_previous_version(deployed, inventory, tmp_path):
+    client = httpclient.InferenceServerClient(f"{ADDRESS}:8000", connection_timeout=5, network_timeout=10)
+    before = add(client, [0, 0, 0, 0], [0, 0, 0, 0])
+    live = ssh(ADDRESS, "readlink /srv/tritonfleet/models").stdout.strip()
+    pid = server_pid()
+    repo = repo_with_offset(tmp_path, "bad", 7)
+    model_py = repo / "add_sub" / "1" / "model.py"
+    model_py.write_text("import package_that_is_not_installed\n" + model_py.read_text())
+    proc, report = invoke(inventory, "sync-models", "--models", str(repo))
+    assert proc.returncode == 1
+    assert "model 'add_sub'" in proc.stderr and "package_that_is_not_installed" in proc.stderr
+    assert "previous version restored" in proc.stderr
+    assert ssh(ADDRESS, "readlink /srv/tritonfleet/models").stdout.strip() == live
+    assert add(client, [0, 0, 0, 0], [0, 0, 0, 0]) == before
+    assert server_pid() == pid
+
+
+def test_removed_model_is_unloaded(deployed, inventory, tmp_path):
+    repo = repo_with_offset(tmp_path, "fewer", 100)
+    shutil.rmtree(repo / "echo_types")
+    pid = server_pid()
+    proc, report = invoke(inventory, "sync-models", "--models", str(repo))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "unload echo_types" in proc.stderr
+    client = httpclient.InferenceServerClient(f"{ADDRESS}:8000", connection_timeout=5, network_timeout=10)
+    assert not client.is_model_ready("echo_types")
+    assert client.is_model_ready("str_upper")
+    assert server_pid() == pid
