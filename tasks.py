@@ -62,6 +62,12 @@ def doctor(c, host=None, group=None, fix=False, json=False, inventory=None):
     cli.doctor_command(host=host, group=group, fix=fix, json_output=json, inventory=inventory)
 
 
+@task(name="diff", help={k: HELP[k] for k in ("host", "group", "models", "json", "inventory")})
+def models_diff(c, host=None, group=None, models=None, json=False, inventory=None):
+    """Show what sync-models would change on hosts: models added, removed, changed, and their files."""
+    cli.models_diff_command(host=host, group=group, models=models, json_output=json, inventory=inventory)
+
+
 @task(help={"source": HELP["bundle"]})
 def bundle(c, source=None):
     """Build (or reuse) the versioned, checksummed Triton bundle pushed to hosts."""
@@ -88,3 +94,4 @@ def lab_status(c):
 
 ns = Collection(deploy, provision, sync_models, start, smoke, rollout, rollback, fleet_status, bundle, doctor)
 ns.add_collection(Collection("lab", lab_up, lab_down, lab_status))
+ns.add_collection(Collection("models", models_diff))

@@ -141,3 +141,20 @@ def test_removed_model_is_unloaded(deployed, inventory, tmp_path):
     assert not client.is_model_ready("echo_types")
     assert client.is_model_ready("str_upper")
     assert server_pid() == pid
+
+
+def test_models_diff_shows_what_a_sync_would_change(deployed, inventory, tmp_path):
+    repo = repo_with_offset(tmp_path, "diffed", 5)
+    shutil.rmtree(repo / "str_upper")
+    proc, report = invoke(inventory, "models.diff", "--models", str(repo))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    host = report["hosts"][0]
+    assert host["changed"] == {"add_sub": ["1/model.py (changed)"]}
+    assert host["removed"] == ["str_upper"]
+    live = ssh(ADDRESS, "readlink /srv/tritonfleet/models").stdout
+    proc, _ = invoke(inventory, "sync-models", "--models", str(repo))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ssh(ADDRESS, "readlink /srv/tritonfleet/models").stdout != live
+    proc, report = invoke(inventory, "models.diff", "--models", str(repo))
+    assert report["hosts"][0] == {"host": HOST, "added": [], "removed": [], "changed": {}, "error": ""}
+    assert "up to date" in proc.stderr

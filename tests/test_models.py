@@ -286,10 +286,15 @@ def test_bad_folder_names(tmp_path):
     assert bad == {".hidden", "bad\nname", "tab\tname"}
 
 
-def test_shell_metacharacters_are_not_refused(tmp_path):
-    # valid for Triton; callers quote them
+def test_shell_metacharacters_are_refused(tmp_path):
+    # Triton accepts them, but its Python backend runs the stub through `bash -c` with the model path
+    # unquoted: `$(...)` in a folder name ran as the service user in the lab (tests/test_security.py)
+    python_model(tmp_path, "good-1.2_x")
     python_model(tmp_path, "a$b;c")
-    assert set(validate_repository(tmp_path).models) == {"a$b;c"}
+    python_model(tmp_path, "with space")
+    problems = problems_of(tmp_path)
+    bad = {p.model for p in problems if "invalid model folder name" in p.message and "bash -c" in p.message}
+    assert bad == {"a$b;c", "with space"}
 
 
 def test_missing_config_and_datatype(tmp_path):
@@ -335,3 +340,60 @@ def test_all_problems_reported_together(tmp_path):
 def test_missing_repository(tmp_path):
     problems = problems_of(tmp_path / "nope")
     assert "does not exist" in problems[0].message
+
+
+def test_special_file_is_refused(tmp_path):
+    python_model(tmp_path, "m")
+    os.mkfifo(tmp_path / "m" / "1" / "pipe")
+    p = only(problems_of(tmp_path), "not a regular file")
+    assert p.model == "m" and p.file.endswith("m/1/pipe")
+
+
+def packed_env(path: Path, python: str = "3.11", activate: bool = True) -> None:
+    import io
+    import tarfile
+    with tarfile.open(path, "w:gz") as tar:
+        members = [f"lib/python{python}/site-packages/extra.py"] + (["bin/activate"] if activate else [])
+        for name in members:
+            data = b"# packed\n"
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+ENV_PARAM = 'parameters: {{ key: "EXECUTION_ENV_PATH" value: {{ string_value: "{value}" }} }}\n'
+
+
+def test_execution_env_python_version_is_read_from_the_archive(tmp_path):
+    d = python_model(tmp_path, "m", config=PY_CONFIG.format(name="m") +
+                     ENV_PARAM.format(value="$$TRITON_MODEL_DIRECTORY/env.tar.gz"))
+    packed_env(d / "env.tar.gz", "3.10")
+    assert validate_repository(tmp_path).models["m"].execution_env_python == "3.10"
+
+
+@pytest.mark.parametrize("value, make, needle", [
+    ("/opt/envs/env.tar.gz", None, "outside the model folder"),
+    ("$$TRITON_MODEL_DIRECTORY/env.tar.gz", None, "archive is missing"),
+    ("$$TRITON_MODEL_DIRECTORY/env.tar.gz", dict(activate=False), "no bin/activate"),
+])
+def test_execution_env_problems(tmp_path, value, make, needle):
+    d = python_model(tmp_path, "m", config=PY_CONFIG.format(name="m") + ENV_PARAM.format(value=value))
+    if make is not None:
+        packed_env(d / "env.tar.gz", **make)
+    assert only(problems_of(tmp_path), needle).model == "m"
+
+
+def test_preflight_refuses_env_python_that_does_not_match_the_host(tmp_path):
+    from types import SimpleNamespace
+
+    from tritonfleet.facts import Facts
+    from tritonfleet.triton import preflight_problems
+    d = python_model(tmp_path, "m", config=PY_CONFIG.format(name="m") +
+                     ENV_PARAM.format(value="$$TRITON_MODEL_DIRECTORY/env.tar.gz"))
+    packed_env(d / "env.tar.gz", "3.10")
+    repo = validate_repository(tmp_path)
+    bundle = SimpleNamespace(bundle_id="b", python_versions=("3.10", "3.11"))
+    host = Facts(init="systemd", python_version="3.11")
+    problems = preflight_problems(host, bundle, repo)
+    assert len(problems) == 1 and "Python 3.10 environment" in problems[0] and "3.11" in problems[0]
+    assert preflight_problems(Facts(init="systemd", python_version="3.10"), bundle, repo) == []

@@ -120,6 +120,36 @@ def doctor_command(*, host=None, group=None, fix=False, json_output=False, inven
 
 
 @clear_errors
+def models_diff_command(*, host=None, group=None, models=None, json_output=False, inventory=None) -> None:
+    import dataclasses
+    import json
+
+    from .modeldiff import diff_host
+    from .models import validate_repository
+    from .runner import host_vars
+    hosts = load_inventory(inventory or DEFAULT_INVENTORY).select(host=host, group=group)
+    diffs = []
+    for h in hosts:
+        hv = host_vars(h, {"model_repository": models} if models else {})
+        source = str(validate_repository(hv["model_repository"]).path)
+        diffs.append(diff_host(h, hv, source))
+    for d in diffs:
+        console.print(f"[bold]{d.host}[/bold]" + (" up to date" if d.empty else ""))
+        for model in d.added:
+            console.print(f"  [green]+ {model}[/green] (new model)")
+        for model in d.removed:
+            console.print(f"  [red]- {model}[/red] (removed)")
+        for model, files in d.changed.items():
+            console.print(f"  [yellow]~ {model}[/yellow]: {', '.join(files)}")
+        if d.error:
+            console.print(f"  [bold red]error:[/bold red] {d.error}")
+    if json_output:
+        print(json.dumps({"hosts": [dataclasses.asdict(d) for d in diffs]}, indent=2))
+    if any(d.error for d in diffs):
+        raise CommandFailed(1)
+
+
+@clear_errors
 def bundle_command(source=None) -> None:
     from .bundle import build_bundle, default_bundle
     b = build_bundle(source, progress=console.print) if source else default_bundle(progress=console.print)

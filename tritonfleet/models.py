@@ -84,6 +84,9 @@ class ModelInfo:
     # KIND_* of every instance_group; "KIND_AUTO" when a model has none (Triton then picks KIND_GPU
     # if the host has a GPU, else KIND_CPU); empty for ensembles, which have no instances.
     instance_kinds: frozenset[str]
+    # Python minor version of the packed environment named by EXECUTION_ENV_PATH ("" when none): the
+    # stub runs the model inside it, so it must match the stub's (the host's) Python.
+    execution_env_python: str = ""
 
     def uses_gpu(self) -> bool:
         """True only when an instance_group explicitly asks for KIND_GPU."""
@@ -111,7 +114,16 @@ def _bad_name_reason(name: str) -> str | None:
         return "the name starts with '.' (hidden folders are not models)"
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         return f"the name {name!r} contains control characters (newline, tab, ...)"
+    unsafe = sorted({c for c in name if not SHELL_SAFE.match(c)})
+    if unsafe:
+        return (f"the name contains {' '.join(repr(c) for c in unsafe)}: Triton's Python backend starts its stub "
+                "with `bash -c` and the model path unquoted, so a space breaks the model ('Expected 9 arguments') "
+                "and quotes, ';', '$(...)' or '`' run as shell commands on the host (seen in the lab)")
     return None
+
+
+# Characters bash takes literally in an unquoted word (see _bad_name_reason; also for the repository path)
+SHELL_SAFE = re.compile(r"[A-Za-z0-9_.+@=,:%/-]")
 
 
 def _strip_comment(line: str) -> str:
@@ -355,9 +367,50 @@ def _check_model(folder: str, model_dir: Path, root: Path, shown: _Collector,
     else:
         kinds = frozenset({"KIND_AUTO"})
 
+    env_python = _check_execution_env(folder, model_dir, config, config_rel, text, shown) if backend == "python" else ""
     info = ModelInfo(name=name, path=model_dir, config=config, versions=tuple(versions),
-                     backend=backend, instance_kinds=kinds)
+                     backend=backend, instance_kinds=kinds, execution_env_python=env_python)
     return info, text
+
+
+_ENV_PYTHON = re.compile(r"^(?:\./)?lib/python(3\.\d+)/")
+
+
+def _check_execution_env(folder: str, model_dir: Path, config: ModelConfig, config_rel: Path, text: str,
+                         shown: "_Collector") -> str:
+    """EXECUTION_ENV_PATH: a packed environment inside the model folder, with bin/activate; its Python version."""
+    if "EXECUTION_ENV_PATH" not in config.parameters:
+        return ""
+    value = config.parameters["EXECUTION_ENV_PATH"].string_value
+    line = _literal_line(text, "EXECUTION_ENV_PATH") or None
+    if not value.startswith("$$TRITON_MODEL_DIRECTORY/"):
+        shown.add(folder, config_rel, line, f"EXECUTION_ENV_PATH {value!r} is outside the model folder, so it "
+                  "would not be pushed with the model",
+                  'put the archive in the model folder and use "$$TRITON_MODEL_DIRECTORY/<archive>.tar.gz"')
+        return ""
+    archive = model_dir / value[len("$$TRITON_MODEL_DIRECTORY/"):]
+    rel = Path(folder) / archive.relative_to(model_dir)
+    if not archive.is_file():
+        shown.add(folder, rel, None, "the EXECUTION_ENV_PATH archive is missing",
+                  "pack the environment (conda-pack) into that file")
+        return ""
+    import tarfile
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            names = tar.getnames()
+    except (tarfile.TarError, OSError) as exc:
+        shown.add(folder, rel, None, f"the EXECUTION_ENV_PATH archive cannot be read: {exc}",
+                  "pack it again as a .tar.gz (conda-pack)")
+        return ""
+    if not any(n.lstrip("./") == "bin/activate" for n in names):
+        shown.add(folder, rel, None, "the packed environment has no bin/activate, which Triton sources",
+                  "pack a whole environment (conda-pack), not a folder of packages")
+    versions = sorted({m.group(1) for m in map(_ENV_PYTHON.match, names) if m})
+    if len(versions) != 1:
+        shown.add(folder, rel, None, "cannot tell the packed environment's Python version "
+                  f"(found {versions or 'no lib/python3.X'})", "pack an environment with exactly one Python")
+        return ""
+    return versions[0]
 
 
 def _check_ensemble(info: ModelInfo, text: str, models: dict[str, ModelInfo], broken: set[str],
@@ -453,6 +506,25 @@ def _check_ensemble(info: ModelInfo, text: str, models: dict[str, ModelInfo], br
                   "ensemble steps form a cycle", "make the tensors flow one way from inputs to outputs")
 
 
+def _check_files(root: Path, shown: "_Collector") -> None:
+    """Every file must be a regular file this machine can read (the push copies files, nothing else)."""
+    import stat
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if d not in _IGNORED_NAMES]
+        for name in filenames:
+            full = Path(dirpath) / name
+            rel = full.relative_to(root)
+            model = rel.parts[0] if len(rel.parts) > 1 else None
+            mode = full.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                continue  # checked with the symlinks
+            if not stat.S_ISREG(mode):
+                shown.add(model, rel, None, "not a regular file (a pipe, socket or device)", "remove it")
+            elif not os.access(full, os.R_OK):
+                shown.add(model, rel, None, "cannot be read by this user, so it cannot be pushed",
+                          "make it readable (chmod a+r) or remove it")
+
+
 def _digest(root: Path, skip: set[Path]) -> str:
     """sha256 over (relative path, contents) of every file, in a stable order."""
     h = hashlib.sha256()
@@ -491,6 +563,7 @@ def validate_repository(path: str | Path) -> Repository:
     root = shown_root.resolve()
 
     bad_links = _check_symlinks(root, shown)
+    _check_files(root, shown)
 
     infos: list[ModelInfo] = []
     texts: dict[str, str] = {}

@@ -120,6 +120,11 @@ def preflight_problems(facts, bundle, repository) -> list[str]:
         problems.append(f"the host's python3 is {facts.python_version} but bundle {bundle.bundle_id} has stubs "
                         f"only for {', '.join(bundle.python_versions)}: use a bundle with a {facts.python_version} "
                         "stub or a host with one of those Pythons")
+    for m in repository.models.values():
+        if m.execution_env_python and facts.python_version and m.execution_env_python != facts.python_version:
+            problems.append(f"model {m.name} runs in a packed Python {m.execution_env_python} environment "
+                            f"(EXECUTION_ENV_PATH) but the stub is for the host's Python {facts.python_version}: "
+                            "pack the environment with the host's Python")
     gpu_models = sorted(m.name for m in repository.models.values() if m.uses_gpu())
     if gpu_models and not facts.gpus:
         problems.append(f"model(s) {', '.join(gpu_models)} ask for KIND_GPU instances but the host has no GPU "
