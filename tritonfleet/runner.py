@@ -16,6 +16,7 @@ from .connection import HostConnection, Unreachable
 from .errors import TritonfleetError
 from .facts import gather_facts
 from .inventory import Host
+from .models import SHELL_SAFE
 from .modules import MODULES, Outcome
 from .playbook import Play, Playbook, Task, evaluate_when, load_playbook, render
 from .report import Reporter
@@ -107,6 +108,13 @@ def prepare(playbook_path: str | Path, hosts: list[Host], extra_vars: dict | Non
             all_vars[host.name] = host_vars(host, extra_vars)
         except TritonfleetError as exc:
             raise TritonfleetError(f"host {host.name}: {exc.message}", hint=exc.hint) from None
+    for name, v in all_vars.items():  # it reaches `bash -c` unquoted inside Triton's Python backend
+        path = str(v["triton_model_repository_path"])
+        if not path.startswith("/") or not all(SHELL_SAFE.match(c) for c in path):
+            raise TritonfleetError(f"host {name}: triton_model_repository_path {path!r} must be an absolute path "
+                                   "of letters, digits and _ . + @ = , : % / -",
+                                   hint="Triton's Python backend passes the model path unquoted to `bash -c`: "
+                                        "spaces break every model and quotes, ';', '$(...)' run as commands")
     book = load_playbook(playbook_path, MODULES, _known_vars(list(all_vars.values())))
     needs = {n for m in book.modules_used() if m in MODULES for n in MODULES[m].needs}
     bundle = None
@@ -265,6 +273,8 @@ def _record(run: HostRun, task: Task, outcome: Outcome, reporter: Reporter, host
     run.bytes_sent += int(outcome.data.get("bytes_sent", 0))
     step = {"task": task.name, "module": task.module, "status": outcome.status, "msg": outcome.msg,
             "handler": handler}
+    if outcome.data.get("bytes_sent"):
+        step["bytes_sent"] = int(outcome.data["bytes_sent"])
     if outcome.diff:
         step["diff"] = outcome.diff
     extra = {k: v for k, v in outcome.data.items() if k != "bytes_sent"}
