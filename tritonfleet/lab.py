@@ -47,7 +47,10 @@ MIRROR_URL = f"http://{BRIDGE_ADDRESS}:{MIRROR_PORT}/"
 MIRROR_SOURCE_LINE = f"deb [trusted=yes] {MIRROR_URL} ./"
 BASE_INCLUDE = ("systemd", "systemd-sysv", "openssh-server", "python3", "dbus", "iproute2")
 # Left out of the base on purpose so provisioning does real work; served by the mirror instead.
-MIRROR_PACKAGES = ("libpython3.11", "python3-numpy", "rsync", "sudo")
+# What provisioning installs, sudo for non-root SSH users, and python3-apt for Ansible's apt module
+# (the benchmark against an Ansible playbook provisions the same hosts).
+MIRROR_PACKAGES = ("libpython3.11", "python3-numpy", "rsync", "sudo", "python3-apt")
+MIRROR_LIST = "tritonfleet-packages.txt"  # what a cached mirror was resolved for
 VETH_PREFIX = "tfv-"
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
@@ -334,7 +337,14 @@ def _build_mirror(base: Path, dest: Path, progress: Callable[[str], None]) -> No
     scan = _run(["dpkg-scanpackages", "--multiversion", ".", "/dev/null"], cwd=dest)
     with gzip.open(dest / "Packages.gz", "wb", compresslevel=9) as fh:
         fh.write(scan.stdout.encode())
+    (dest / MIRROR_LIST).write_text("\n".join(MIRROR_PACKAGES) + "\n")
     progress(f"lab: mirror has {len(list(dest.glob('*.deb')))} packages")
+
+
+def _mirror_current() -> bool:
+    listed = MIRROR_DIR / MIRROR_LIST
+    return (MIRROR_DIR / "Packages.gz").is_file() and listed.is_file() and \
+        listed.read_text().split() == list(MIRROR_PACKAGES)
 
 
 def ensure_base(progress: Callable[[str], None] = print) -> Path:
@@ -376,7 +386,12 @@ def ensure_base(progress: Callable[[str], None] = print) -> Path:
             _safe_rmtree(labcache / f".mirror.tmp-{os.getpid()}")
             raise
         progress(f"lab: base image built in {time.monotonic() - t0:.0f} s")
-    elif not (MIRROR_DIR / "Packages.gz").is_file():
+    elif not _mirror_current():
+        if any(_nspawn_alive((_read_record(d.name) or {}).get("pid"), d.name)
+               for d in HOSTS_DIR.glob("*") if d.is_dir()):
+            progress("lab: the package mirror lacks packages added since it was built; it is rebuilt at the "
+                     "next lab.up with no host running (the base image cannot change under running hosts)")
+            return BASE_DIR
         mtmp = labcache / f".mirror.tmp-{os.getpid()}"
         _safe_rmtree(mtmp)
         try:

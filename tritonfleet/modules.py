@@ -30,6 +30,7 @@ class Outcome:
     diff: str = ""
     data: dict = field(default_factory=dict)
     show: bool = False  # print the message even when ok (results a person asked for, like latencies)
+    seconds: float = 0.0  # how long the step took (set by the runner)
 
     @property
     def status(self) -> str:

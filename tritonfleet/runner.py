@@ -7,6 +7,7 @@ once and runs its plays; handlers run once each, at `meta: flush_handlers` or at
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ class HostRun:
     release_before: str = ""
     release_after: str = ""
     notes: list = field(default_factory=list)
+    facts_seconds: float = 0.0
 
     @property
     def failed(self) -> bool:
@@ -47,6 +49,7 @@ class HostRun:
         return {"host": self.name, **self.counts, "unreachable": self.unreachable, "error": self.error,
                 "bytes_sent": self.bytes_sent, "live_release": self.live_release,
                 "release_before": self.release_before, "release_after": self.release_after, "notes": self.notes,
+                "facts_seconds": round(self.facts_seconds, 3),
                 "facts": self.facts, "steps": self.steps}
 
 
@@ -197,7 +200,9 @@ def run_playbook(playbook_path: str | Path, hosts: list[Host], *, check: bool = 
 
 
 def _run_host(book: Playbook, ctx: HostContext, run: HostRun, tags: tuple, reporter: Reporter) -> None:
+    started = time.monotonic()
     ctx.facts = gather_facts(ctx.conn, str(ctx.vars["triton_user"]), str(ctx.vars["triton_model_repository_path"]))
+    run.facts_seconds = time.monotonic() - started
     ctx.vars["facts"] = ctx.facts.as_dict()
     ctx.vars["triton_packages"] = _packages_for(ctx)
     run.facts = ctx.facts.summary()
@@ -244,6 +249,13 @@ def _packages_for(ctx: HostContext) -> list[str]:
 
 
 def _run_task(task: Task, ctx: HostContext, context: dict) -> Outcome:
+    started = time.monotonic()
+    outcome = _run_module(task, ctx, context)
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def _run_module(task: Task, ctx: HostContext, context: dict) -> Outcome:
     try:
         if not evaluate_when(task.when, context):
             return Outcome(skipped=True, msg="condition false")
@@ -272,7 +284,7 @@ def _record(run: HostRun, task: Task, outcome: Outcome, reporter: Reporter, host
     run.counts[outcome.status] += 1
     run.bytes_sent += int(outcome.data.get("bytes_sent", 0))
     step = {"task": task.name, "module": task.module, "status": outcome.status, "msg": outcome.msg,
-            "handler": handler}
+            "handler": handler, "seconds": round(outcome.seconds, 3)}
     if outcome.data.get("bytes_sent"):
         step["bytes_sent"] = int(outcome.data["bytes_sent"])
     if outcome.diff:
