@@ -20,7 +20,7 @@ HELP = {
 def _playbook_task(name: str, playbook: str, doc: str):
     @task(name=name, help=HELP)
     def run(c, host=None, group=None, models=None, check=False, json=False, inventory=None, bundle=None,
-            forks=10, verbose=False):
+            forks="10", verbose=False):
         cli.run_playbook_command(playbook, host=host, group=group, models=models, check=check,
                                  json_output=json, inventory=inventory, bundle=bundle, forks=forks,
                                  verbose=verbose)
@@ -39,10 +39,10 @@ smoke = _playbook_task("smoke", "smoke.yml", "Smoke-test every model remotely ov
 @task(help={**{k: v for k, v in HELP.items() if k != "check"}, "canary": "hosts deployed first, alone (default 1)",
             "batch": "hosts per batch after the canary: N or P% (default 25%)",
             "max_fail": "failed or unreachable hosts tolerated before the rollout stops: N or P% (default 0)"})
-def rollout(c, group=None, host=None, canary=1, batch="25%", max_fail="0", forks=10, models=None, json=False,
+def rollout(c, group=None, host=None, canary="1", batch="25%", max_fail="0", forks="10", models=None, json=False,
             inventory=None, bundle=None, verbose=False):
     """Deploy to a group in batches, canary first; roll failed hosts back to their previous release."""
-    cli.rollout_command(group=group, host=host, canary=int(canary), batch=batch, max_fail=max_fail, forks=int(forks),
+    cli.rollout_command(group=group, host=host, canary=canary, batch=batch, max_fail=max_fail, forks=forks,
                         models=models, json_output=json, inventory=inventory, bundle=bundle, verbose=verbose)
 
 
@@ -75,9 +75,9 @@ def bundle(c, source=None):
 
 
 @task(name="up", help={"hosts": "how many hosts of group lab to bring up (gpu01..)", "inventory": HELP["inventory"]})
-def lab_up(c, hosts=2, inventory=None):
+def lab_up(c, hosts="2", inventory=None):
     """Bring up lab hosts: real systemd hosts in network namespaces, reached over SSH."""
-    cli.lab_up_command(int(hosts), inventory)
+    cli.lab_up_command(hosts, inventory)
 
 
 @task(name="down")

@@ -71,9 +71,11 @@ def fault_log(request):
     README section is generated from, so only faults whose test passed its checks are listed."""
     test_id = request.node.nodeid
     faultreport.forget(test_id)
+    count = [0]
 
     def note(area: str, fault: str, outcome: str) -> None:
-        faultreport.record(test_id, area, fault, outcome)
+        count[0] += 1
+        faultreport.record(f"{test_id}#{count[0]}", area, fault, outcome)
 
     return note
 

@@ -103,9 +103,8 @@ def test_error_text_with_brackets_is_printed_not_parsed_as_markup(tmp_path):
     no_traceback(proc)
 
 
-@pytest.mark.xfail(strict=True, reason="tasks.py casts --forks with int() inside invoke's parser: a traceback "
-                                       "(tasks.py is not this test's file; reported to the lead)")
 def test_non_numeric_forks():
     proc = invoke("smoke", "--host", "gpu08", "--forks", "abc", "--check")
-    assert proc.returncode != 0
+    assert proc.returncode == 2
+    assert "--forks must be a whole number, got 'abc'" in proc.stderr
     no_traceback(proc)

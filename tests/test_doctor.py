@@ -86,10 +86,28 @@ def host(lab):
     return HOST
 
 
+@pytest.fixture(scope="module")
+def quick_inventory(tmp_path_factory):
+    """The repository's inventory with a short readiness wait: a restoring deploy must not wait 180 s on a model the
+    running server still holds in its broken state."""
+    path = tmp_path_factory.mktemp("inv") / "hosts.yml"
+    path.write_text((REPO_ROOT / "inventory" / "hosts.yml").read_text().replace(
+        "gpu02: {ansible_host: 10.213.0.12}", "gpu02: {ansible_host: 10.213.0.12, triton_ready_timeout: 15}"))
+    return path
+
+
 @pytest.fixture(autouse=True)
-def healthy_after(host):
+def healthy_after(host, quick_inventory):
     yield
-    deploy()  # back to the good state for the next test (a few seconds when little changed)
+    # back to the good state for the next test: a redeploy (a few seconds when little changed), and a restart when
+    # the server still holds the broken state (a model repository repaired under a running server)
+    invoke("deploy", "--host", HOST, "--inventory", str(quick_inventory))
+    if doctor()[0].returncode != 0:
+        from tritonfleet.smoke import wait_until_ready
+        on_host("systemctl reset-failed tritonserver; systemctl restart tritonserver")
+        assert wait_until_ready(ADDRESS, 8000, timeout_s=60)[0]
+    proc, report = doctor()
+    assert proc.returncode == 0, [f["title"] for f in report["diagnosis"]["findings"]]
 
 
 def test_healthy_host_has_no_errors_and_exit_zero(host):
@@ -211,7 +229,8 @@ def test_shm_regions_larger_than_dev_shm_fail_deploy_with_the_diagnosis(host, tm
     inventory = tmp_path / "hosts.yml"
     inventory.write_text((REPO_ROOT / "inventory" / "hosts.yml").read_text().replace(
         "gpu02: {ansible_host: 10.213.0.12}",
-        "gpu02: {ansible_host: 10.213.0.12, triton_backend_config: {python: {shm-default-byte-size: 3221225472}}}"))
+        "gpu02: {ansible_host: 10.213.0.12, triton_ready_timeout: 20, "
+        "triton_backend_config: {python: {shm-default-byte-size: 3221225472}}}"))
     proc = deploy("--inventory", str(inventory), expect=1)
     assert "diagnosis (invoke doctor)" in proc.stderr and "/dev/shm is too small" in proc.stderr
     report = json.loads(proc.stdout)

@@ -109,9 +109,13 @@ def test_jinja_in_vars_uses_host_vars(tmp_path):
             base: /data
             model_repository: "{{ base }}/{{ inventory_hostname }}"
             key: "{{ inventory_dir }}/id"
+            triton_extra_args: ["--log-file={{ base }}/triton.log"]
+            triton_backend_config: {python: {shm-default-byte-size: "{{ 2 * 1024 }}"}}
           hosts: {h1: {}}
         """)
     v = load_inventory(inv).host("h1").vars
+    assert v["triton_extra_args"] == ["--log-file=/data/triton.log"]
+    assert v["triton_backend_config"] == {"python": {"shm-default-byte-size": "2048"}}
     assert v["model_repository"] == "/data/h1"
     assert v["key"] == f"{tmp_path}/id"
 

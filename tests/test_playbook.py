@@ -108,3 +108,8 @@ def test_python_packages_per_family():
     assert "python3-libs" in triton.python_packages("dnf", "3.9")
     with pytest.raises(TritonfleetError, match="no known package manager"):
         triton.python_packages("", "3.11")
+
+
+def test_hostile_service_user_name_is_refused_before_anything_runs():
+    with pytest.raises(TritonfleetError, match="not a valid system user name"):
+        vars_for(triton_user="triton\nExecStartPre=/bin/touch /tmp/pwned")

@@ -21,6 +21,17 @@ class CommandFailed(SystemExit):
     """Ends the command with a non-zero exit and no traceback."""
 
 
+def count_option(value, name: str, minimum: int = 1) -> int:
+    """A whole-number option (invoke hands them over as text, so a typo is our error to report)."""
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise TritonfleetError(f"--{name} must be a whole number, got {value!r}") from None
+    if number < minimum:
+        raise TritonfleetError(f"--{name} must be at least {minimum}, got {number}")
+    return number
+
+
 def clear_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -49,7 +60,7 @@ def run_playbook_command(playbook: str, *, host=None, group=None, models=None, c
     hosts = inv.select(host=host, group=group)
     extra = {"model_repository": models} if models else {}
     result = run_playbook(REPO_ROOT / "playbooks" / playbook, hosts, check=check, extra_vars=extra,
-                          bundle_source=bundle, forks=int(forks),
+                          bundle_source=bundle, forks=count_option(forks, "forks"),
                           reporter=Reporter(json_output=json_output, verbose=verbose))
     if not result.ok:
         raise CommandFailed(1)
@@ -60,7 +71,8 @@ def rollout_command(*, group=None, host=None, canary=1, batch="25%", max_fail="0
                     json_output=False, inventory=None, bundle=None, verbose=False) -> None:
     from .rollout import rollout
     hosts = load_inventory(inventory or DEFAULT_INVENTORY).select(host=host, group=group)
-    result = rollout(hosts, canary=canary, batch=batch, max_fail=max_fail, forks=forks,
+    result = rollout(hosts, canary=count_option(canary, "canary", 0), batch=batch, max_fail=max_fail,
+                     forks=count_option(forks, "forks"),
                      extra_vars={"model_repository": models} if models else {}, bundle_source=bundle,
                      reporter=Reporter(json_output=json_output, verbose=verbose))
     if not result.ok:
@@ -166,9 +178,9 @@ def _lab_hosts(inventory, count: int):
 
 
 @clear_errors
-def lab_up_command(count: int, inventory=None) -> None:
+def lab_up_command(count, inventory=None) -> None:
     from . import lab
-    states = lab.up(_lab_hosts(inventory, count), progress=console.print)
+    states = lab.up(_lab_hosts(inventory, count_option(count, "hosts")), progress=console.print)
     _print_lab(states)
 
 

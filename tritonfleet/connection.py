@@ -27,6 +27,7 @@ import os
 import shlex
 import socket
 import subprocess
+import time
 import sys
 import tempfile
 import threading
@@ -138,6 +139,7 @@ class HostConnection:
         else:
             self._conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
         self._control_path = f"/tmp/tritonfleet-ssh-{os.getpid()}-{host.name[:40]}"
+        self._forwards: list[subprocess.Popen] = []
 
     @property
     def secrets(self) -> list[str]:
@@ -185,7 +187,8 @@ class HostConnection:
         try:
             res = self._conn.run(command, **kwargs)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise Unreachable(f"{self.host.name}: connection lost: {exc}") from None
+            raise Unreachable(f"{self.host.name}: connection lost: {str(exc) or type(exc).__name__}",
+                              hint="check the network to the host and run again") from None
         except Exception as exc:  # invoke's CommandTimedOut
             if type(exc).__name__ == "CommandTimedOut":
                 raise TritonfleetError(f"{self.host.name}: command timed out after {timeout}s: "
@@ -268,15 +271,17 @@ class HostConnection:
                  f"chown {shlex.quote(owner)}:{shlex.quote(group)} {shlex.quote(tmp)} && "
                  f"mv -f {shlex.quote(tmp)} {shlex.quote(remote_path)}", stdin=text)
 
-    def ssh_argv(self) -> list[str]:
+    def ssh_argv(self, multiplex: bool = True) -> list[str]:
         """OpenSSH with the inventory's settings, for rsync -e and streams; strict host key checking
-        (accept-new only when the inventory asks for it). Our -o options come first, so they win."""
+        (accept-new only when the inventory asks for it). Our -o options come first, so they win.
+        `multiplex` shares one master connection per host; a long-lived forward gets its own."""
         h = self.host
         strict = "accept-new" if self.key_policy == "accept-new" else "yes"
+        shared = ["-o", "ControlMaster=auto", "-o", f"ControlPath={self._control_path}", "-o", "ControlPersist=60"]
         argv = ["ssh", "-p", str(h.port), "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}",
                 "-o", f"UserKnownHostsFile={h.known_hosts_file}", "-o", f"StrictHostKeyChecking={strict}",
-                "-o", "ControlMaster=auto", "-o", f"ControlPath={self._control_path}",
-                "-o", "ControlPersist=60", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+                *(shared if multiplex else ["-o", "ControlMaster=no", "-o", "ControlPath=none"]),
+                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
         if h.key_file:
             argv += ["-i", h.key_file, "-o", "IdentitiesOnly=yes"]
         return argv + h.ssh_args
@@ -316,8 +321,13 @@ class HostConnection:
             except subprocess.TimeoutExpired:
                 raise TritonfleetError(f"{self.host.name}: transfer did not finish within {timeout}s") from None
             err_fh.seek(0)
-            err = err_fh.read().decode(errors="replace").strip()[-2000:]
+            err_all = err_fh.read().decode(errors="replace").strip()
+            err = err_all[-2000:]
         if returncode != 0:
+            full = next((ln.strip() for ln in err_all.splitlines() if "No space left on device" in ln), "")
+            if full:
+                raise TritonfleetError(f"{self.host.name}: the host ran out of disk space during the transfer "
+                                       f"(exit {returncode}): {full[-300:]}", hint=_transfer_hint(returncode, err))
             raise TritonfleetError(f"{self.host.name}: transfer failed (exit {returncode}): {err}",
                                    hint=_transfer_hint(returncode, err))
 
@@ -343,7 +353,37 @@ class HostConnection:
                 proc.stderr = proc.stderr.rstrip() + f"\n  fix: {hint}"
         return proc
 
+    def forward(self, remote_ports: list[int], timeout: float = 15.0) -> list[int]:
+        """Local ports forwarded over SSH to the host's loopback, for a server bound to 127.0.0.1 there."""
+        local = []
+        for _ in remote_ports:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                local.append(sock.getsockname()[1])
+        argv = self.ssh_argv(multiplex=False) + ["-N", "-o", "ExitOnForwardFailure=yes"]
+        for lp, rp in zip(local, remote_ports):
+            argv += ["-L", f"127.0.0.1:{lp}:127.0.0.1:{rp}"]
+        proc = subprocess.Popen(argv + [self.target], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        self._forwards.append(proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", local[0]), timeout=1):
+                    return local
+            except OSError:
+                time.sleep(0.1)
+        err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None else "timed out"
+        raise TritonfleetError(f"{self.host.name}: cannot forward ports {remote_ports} over SSH: {err.strip()}")
+
     def close(self) -> None:
+        for proc in self._forwards:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._forwards.clear()
         self._conn.close()
         try:
             subprocess.run(["ssh", "-o", f"ControlPath={self._control_path}", "-O", "exit", self.target],

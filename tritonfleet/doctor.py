@@ -50,7 +50,7 @@ begin journal; journalctl -u "$TF_SERVICE" -n "$TF_JOURNAL" --no-pager -o cat 2>
 repo=""; [ -n "$pid" ] && [ "$pid" != 0 ] && repo=$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | sed -n 's/^--model-repository=//p' | head -n 1)
 repo=${repo:-$TF_REPO}
 echo "repo=$repo"
-begin repo_listing; [ -d "$repo" ] && find "$repo" -mindepth 1 -maxdepth 2 -printf '%y %P\n' 2>/dev/null | sort | head -n 5000; end
+begin repo_listing; [ -d "$repo" ] && find "$repo/" -mindepth 1 -maxdepth 2 -printf '%y %P\n' 2>/dev/null | sort | head -n 5000; end
 for c in "$repo"/*/config.pbtxt; do
   [ -f "$c" ] || continue
   begin "config $(basename "$(dirname "$c")")"; head -c 262144 "$c"; end
@@ -591,7 +591,8 @@ def apply_fixes(conn, host, hostvars: dict, diagnosis: Diagnosis, *, wait_s: flo
                 edited.append(path)
         done.append(f"dropped the trailing slash of --backend-directory in {', '.join(edited)}" if edited else
                     "found no --backend-directory with a trailing slash in the unit files to edit")
-    if done or "restart" in actions:
+    unfixable = [f for f in diagnosis.errors if not f.action]
+    if done or ("restart" in actions and not unfixable):  # a restart cannot cure what a person must fix
         svc = q(triton.SERVICE)
         res = conn.run(f"systemctl daemon-reload && systemctl reset-failed {svc} 2>/dev/null; "
                        f"systemctl restart {svc}", check=False, timeout=180)

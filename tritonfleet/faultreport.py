@@ -41,8 +41,9 @@ def record(test_id: str, area: str, fault: str, outcome: str, path: Path = RECOR
 def forget(test_id: str, path: Path = RECORDS) -> None:
     with _lock:
         data = load(path)
-        if data.pop(test_id, None) is not None:
-            path.write_text(json.dumps(data, indent=2) + "\n")
+        keep = {k: v for k, v in data.items() if k != test_id and not k.startswith(test_id + "#")}
+        if keep != data:
+            path.write_text(json.dumps(keep, indent=2) + "\n")
 
 
 def render(data: dict) -> str:
@@ -57,7 +58,7 @@ def render(data: dict) -> str:
         lines += [f"**{area}**", "", "| fault or input | what happened | test |", "| --- | --- | --- |"]
         for test_id, rec in areas[area]:
             cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {cell(rec['fault'])} | {cell(rec['outcome'])} | `{test_id.split('::')[-1]}` "
+            lines.append(f"| {cell(rec['fault'])} | {cell(rec['outcome'])} | `{test_id.split('::')[-1].split('#')[0]}` "
                          f"({rec['date']}) |")
         lines.append("")
     lines.append(END)

@@ -188,20 +188,30 @@ class Inventory:
                     groups=tuple(group_names))
 
 
+def _render_value(value, context: dict):
+    """Render Jinja2 in a var's value, inside lists and mappings too."""
+    if isinstance(value, str) and ("{{" in value or "{%" in value):
+        return _JINJA.from_string(value).render(context)
+    if isinstance(value, list):
+        return [_render_value(v, context) for v in value]
+    if isinstance(value, dict):
+        return {k: _render_value(v, context) for k, v in value.items()}
+    return value
+
+
 def _render_vars(values: dict, path: Path, line: int | None) -> dict:
     """Render Jinja2 in var values against the host's own vars (a few passes for vars that refer to vars)."""
     rendered = dict(values)
     for _ in range(5):
         changed = False
         for key, value in rendered.items():
-            if isinstance(value, str) and ("{{" in value or "{%" in value):
-                try:
-                    new = _JINJA.from_string(value).render(rendered)
-                except jinja2.TemplateError as exc:
-                    raise InventoryError(f"var '{key}': {exc}", file=str(path), line=line,
-                                         hint="define the variable it uses, or fix the Jinja2 expression") from None
-                if new != value:
-                    rendered[key], changed = new, True
+            try:
+                new = _render_value(value, rendered)
+            except jinja2.TemplateError as exc:
+                raise InventoryError(f"var '{key}': {exc}", file=str(path), line=line,
+                                     hint="define the variable it uses, or fix the Jinja2 expression") from None
+            if new != value:
+                rendered[key], changed = new, True
         if not changed:
             break
     return rendered

@@ -262,11 +262,11 @@ def models_reload(ctx, args) -> Outcome:
         return Outcome(changed=True, msg=f"switched {models_path}; no server in explicit mode runs yet: the "
                                          "(re)start that follows loads every model")
     from .smoke import repository_control, smoke_test
-    v = ctx.vars
-    control = repository_control(ctx.host.address, int(v["triton_http_port"]))
+    address, http_port, grpc_port = ctx.server_endpoint()
+    control = repository_control(address, http_port)
     failures = control(unload=removed, load=changed)
     if not failures:
-        report = smoke_test(ctx.host.address, int(v["triton_http_port"]), int(v["triton_grpc_port"]))
+        report = smoke_test(address, http_port, grpc_port)
         failures = {m.name: m.error or m.reason for m in report.models if not m.ok and m.name in changed}
     if failures:
         _switch_link(ctx, models_path, previous)
@@ -400,9 +400,9 @@ def wait_ready(ctx, args) -> Outcome:
     if ctx.check:
         return Outcome(skipped=True, msg="check mode: the server is not polled")
     from .smoke import wait_until_ready
-    v = ctx.vars
-    ready, index = wait_until_ready(ctx.host.address, int(v["triton_http_port"]),
-                                    timeout_s=float(args.get("timeout", v["triton_ready_timeout"])))
+    address, http_port, _ = ctx.server_endpoint()
+    ready, index = wait_until_ready(address, http_port,
+                                    timeout_s=float(args.get("timeout", ctx.vars["triton_ready_timeout"])))
     if ready:
         return Outcome(msg=f"server ready with {len(index)} model(s)")
     failed = [f"model '{m.get('name')}' is {m.get('state', 'UNKNOWN')}: {m.get('reason') or 'no reason given'}"
@@ -417,9 +417,7 @@ def smoke(ctx, args) -> Outcome:
     if ctx.check:
         return Outcome(skipped=True, msg="check mode: no inference sent")
     from .smoke import smoke_test
-    v = ctx.vars
-    report = smoke_test(ctx.host.address, int(v["triton_http_port"]), int(v["triton_grpc_port"]),
-                        timeout_s=float(args.get("timeout", 30)))
+    report = smoke_test(*ctx.server_endpoint(), timeout_s=float(args.get("timeout", 30)))
     data = {"smoke": {m.name: {"ok": m.ok, "state": m.state, "latency_ms": m.latency_ms, "error": m.error,
                                "reason": m.reason} for m in report.models}}
     if not report.ok:

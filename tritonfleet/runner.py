@@ -80,6 +80,21 @@ class HostContext:
         self.host, self.conn, self.vars, self.check = host, conn, hostvars, check
         self.bundle, self.repository, self.progress = bundle, repository, progress
         self.facts = None
+        self._endpoint = None
+
+    def server_endpoint(self) -> tuple[str, int, int]:
+        """Where the control machine reaches this host's server: (address, HTTP port, gRPC port).
+
+        A server bound to the host's loopback only is reached through ports forwarded over SSH.
+        """
+        if self._endpoint is None:
+            http, grpc = int(self.vars["triton_http_port"]), int(self.vars["triton_grpc_port"])
+            if triton.is_loopback(str(self.vars["triton_http_address"])):
+                local_http, local_grpc = self.conn.forward([http, grpc])
+                self._endpoint = ("127.0.0.1", local_http, local_grpc)
+            else:
+                self._endpoint = (self.host.address, http, grpc)
+        return self._endpoint
 
 
 def host_vars(host: Host, extra_vars: dict) -> dict:

@@ -369,8 +369,10 @@ def wait_until_ready(address: str, http_port: int = 8000, timeout_s: float = 120
                 index = latest
             if ready:
                 return True, index
+            # Settled: nothing LOADING and some model failed (UNAVAILABLE, or no state at all: Triton lists a
+            # model whose config it could not parse without ever trying to load it).
             states = {str(m.get("state", "")) for m in index}
-            if index and states <= {"READY", "UNAVAILABLE"} and "UNAVAILABLE" in states:
+            if index and states <= {"READY", "UNAVAILABLE", ""} and states & {"UNAVAILABLE", ""}:
                 return False, index
         remaining = deadline - time.monotonic()
         if remaining <= 0:

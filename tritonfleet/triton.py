@@ -7,6 +7,7 @@ service user does not own, --exit-on-error restart loops).
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 
 from .errors import TritonfleetError
@@ -48,6 +49,11 @@ DEFAULT_VARS = {
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 
 
+def is_loopback(address: str) -> bool:
+    """A bind address only the host itself can reach."""
+    return address in ("localhost", "::1") or address.startswith("127.")
+
+
 def normalize_backend_directory(path: str) -> str:
     """A user's --backend-directory without trailing slashes.
 
@@ -59,8 +65,14 @@ def normalize_backend_directory(path: str) -> str:
     return path.rstrip("/") or "/"
 
 
+USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
 def server_args(v: dict) -> list[str]:
     """The tritonserver command line for a host's vars: only flags that differ from safe defaults."""
+    if not USER_NAME.match(str(v["triton_user"])):
+        raise TritonfleetError(f"triton_user {v['triton_user']!r} is not a valid system user name",
+                               hint="use lower-case letters, digits, '_' and '-' (e.g. triton)")
     mode = str(v["triton_model_control_mode"])
     if mode not in MODEL_CONTROL_MODES:
         raise TritonfleetError(f"triton_model_control_mode is '{mode}'",
