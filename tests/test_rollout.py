@@ -185,3 +185,43 @@ def test_stale_lock_from_a_dead_run_is_taken_over(good_fleet, inventory):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "took over a stale lock" in proc.stderr
     assert ssh(FLEET[2], f"test -d {hostlock.LOCK_DIR}").returncode != 0  # released at the end
+
+
+def test_ctrl_c_mid_rollout_leaves_no_lock_and_no_half_release(good_fleet, inventory, tmp_path):
+    """Ctrl-C as a terminal sends it (to the whole process group, rsync and ssh included) while batch 2 runs."""
+    import os
+    import signal
+
+    repo = repo_with(tmp_path, "interrupted", "interrupted")
+    proc = subprocess.Popen(["invoke", "rollout", "--group", "fleet", "--batch", "1", "--models", str(repo),
+                             "--inventory", str(inventory), "--json"], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, start_new_session=True)
+    sent = threading.Event()
+
+    def watch():
+        for line in proc.stderr:
+            if "batch 2:" in line and not sent.is_set():
+                os.killpg(proc.pid, signal.SIGINT)
+                sent.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    out = proc.stdout.read()
+    proc.wait(timeout=600)
+    watcher.join(timeout=30)
+    assert sent.is_set() and proc.returncode == 130
+    states = {h["name"]: h["state"] for h in json.loads(out)["hosts"]}
+    assert states["gpu03"] == "changed"
+    assert states["gpu05"] == states["gpu06"] == "not reached"
+    for h in FLEET:
+        assert ssh(h, f"test -d {hostlock.LOCK_DIR}").returncode != 0, f"{h.name} still locked"
+        top = ssh(h, "tail -n 1 /var/lib/tritonfleet/releases").stdout.split()
+        tree = ssh(h, "readlink /opt/tritonserver").stdout.strip()
+        models = ssh(h, "readlink /srv/tritonfleet/models").stdout.strip()
+        assert tree == f"/opt/tritonfleet/releases/{top[0]}" and models.endswith(f"/{top[1]}"), h.name
+        assert ssh(h, "ls -d /opt/tritonfleet/releases/.incoming-* /srv/tritonfleet/models-releases/.incoming-*"
+                   ).returncode != 0, f"{h.name} has a half-pushed release"
+    # the next rollout converges the fleet on one release
+    proc = run(inventory, "rollout", "--group", "fleet", "--batch", "4", "--models", str(repo))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(set(releases(inventory).values())) == 1

@@ -62,6 +62,8 @@ def run_playbook_command(playbook: str, *, host=None, group=None, models=None, c
     result = run_playbook(REPO_ROOT / "playbooks" / playbook, hosts, check=check, extra_vars=extra,
                           bundle_source=bundle, forks=count_option(forks, "forks"),
                           reporter=Reporter(json_output=json_output, verbose=verbose))
+    if result.interrupted:
+        raise CommandFailed(130)
     if not result.ok:
         raise CommandFailed(1)
 
@@ -75,6 +77,8 @@ def rollout_command(*, group=None, host=None, canary=1, batch="25%", max_fail="0
                      forks=count_option(forks, "forks"),
                      extra_vars={"model_repository": models} if models else {}, bundle_source=bundle,
                      reporter=Reporter(json_output=json_output, verbose=verbose))
+    if result.stopped.startswith("interrupted"):
+        raise CommandFailed(130)
     if not result.ok:
         raise CommandFailed(1)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .errors import TritonfleetError
 from .paths import REPO_ROOT
 from .report import Reporter
-from .runner import HostRun, prepare, run_playbook
+from .runner import NOT_STARTED, HostRun, cancel_on_interrupt, prepare, run_playbook
 
 DEPLOY = REPO_ROOT / "playbooks" / "deploy.yml"
 ROLLBACK = REPO_ROOT / "playbooks" / "rollback.yml"
@@ -96,33 +96,43 @@ def rollout(hosts: list, *, canary: int = 1, batch="25%", max_fail="0", forks: i
     back = prepare(ROLLBACK, hosts, extra_vars, bundle_source, progress=reporter.info)
     batches = plan_batches(hosts, canary, batch_size)
     result = RolloutResult()
+    with cancel_on_interrupt() as cancelled:
+        _run_batches(batches, canary, allowed, deploy, back, extra_vars, forks, reporter, result, cancelled)
+    reporter.rollout_recap(result)
+    return result
+
+
+def _run_batches(batches, canary, allowed, deploy, back, extra_vars, forks, reporter, result, cancelled) -> None:
     failures = 0
     for number, group in enumerate(batches, start=1):
         label = "canary" if number == 1 and canary > 0 else f"batch {number}"
         reporter.info(f"{label}: {', '.join(h.name for h in group)}")
         runs = run_playbook(DEPLOY, group, extra_vars=extra_vars, forks=forks, reporter=reporter,
-                            prepared=deploy, recap=False).hosts
+                            prepared=deploy, recap=False, cancel=cancelled).hosts
         result.runs += runs
         for host, run in zip(group, runs):
             outcome = HostOutcome(host.name, "changed" if run.counts["changed"] else "ok", run.release_before,
                                   run.release_after, bytes_sent=run.bytes_sent, batch=number)
-            if run.unreachable:
+            if run.error == NOT_STARTED:
+                outcome.state, outcome.batch = "not reached", 0
+            elif run.unreachable:
                 outcome.state, outcome.error = "unreachable", run.error
             elif run.failed:
                 outcome.state, outcome.error = "failed", _error_of(run)
                 if run.release_before and run.counts["changed"]:
                     outcome.state, outcome.release_after = _roll_back(host, run, back, forks, reporter,
                                                                       result)
-            failures += outcome.state not in ("ok", "changed")
+            failures += outcome.state not in ("ok", "changed", "not reached")
             result.hosts.append(outcome)
-        if failures > allowed:
+        if cancelled.is_set():
+            result.stopped = "interrupted (Ctrl-C)"
+        if failures > allowed or result.stopped:
             rest = [h for later in batches[number:] for h in later]
-            result.stopped = (f"{failures} host(s) failed after the {label}, more than --max-fail allows "
-                              f"({allowed}); {len(rest)} host(s) not reached")
+            result.stopped = result.stopped or (f"{failures} host(s) failed after the {label}, more than "
+                                                f"--max-fail allows ({allowed})")
+            result.stopped += f"; {len(rest)} host(s) not reached"
             result.hosts += [HostOutcome(h.name, "not reached") for h in rest]
             break
-    reporter.rollout_recap(result)
-    return result
 
 
 def _roll_back(host, run: HostRun, prepared, forks, reporter, result) -> tuple[str, str]:

@@ -7,8 +7,12 @@ once and runs its plays; handlers run once each, at `meta: flush_handlers` or at
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,10 +62,11 @@ class RunResult:
     playbook: str
     check: bool
     hosts: list
+    interrupted: bool = False
 
     @property
     def ok(self) -> bool:
-        return not any(h.failed for h in self.hosts)
+        return not self.interrupted and not any(h.failed for h in self.hosts)
 
     @property
     def changed(self) -> int:
@@ -69,6 +74,7 @@ class RunResult:
 
     def as_dict(self) -> dict:
         return {"playbook": self.playbook, "check": self.check, "ok": self.ok, "changed": self.changed,
+                "interrupted": self.interrupted,
                 "hosts": [h.as_dict() for h in self.hosts]}
 
 
@@ -161,7 +167,8 @@ def prepare(playbook_path: str | Path, hosts: list[Host], extra_vars: dict | Non
 
 def run_playbook(playbook_path: str | Path, hosts: list[Host], *, check: bool = False,
                  extra_vars: dict | None = None, bundle_source: str | None = None, forks: int = 10,
-                 tags: tuple = (), reporter: Reporter | None = None, prepared=None, recap: bool = True) -> RunResult:
+                 tags: tuple = (), reporter: Reporter | None = None, prepared=None, recap: bool = True,
+                 cancel: threading.Event | None = None) -> RunResult:
     """Run a playbook on hosts in parallel (at most `forks` at once); `prepared` reuses a `prepare()` result."""
     reporter = reporter or Reporter()
     book, all_vars, bundle, repositories = prepared or prepare(playbook_path, hosts, extra_vars, bundle_source,
@@ -206,12 +213,45 @@ def run_playbook(playbook_path: str | Path, hosts: list[Host], *, check: bool = 
             conn.close()
         return run
 
-    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
-        runs = list(pool.map(one, hosts))
-    result = RunResult(str(book.path), check, runs)
+    with cancel_on_interrupt(cancel) as cancelled:
+        def guarded(host: Host) -> HostRun:
+            if cancelled.is_set():
+                return HostRun(host.name, error=NOT_STARTED)
+            return one(host)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
+            runs = list(pool.map(guarded, hosts))
+    result = RunResult(str(book.path), check, runs, cancelled.is_set())
     if recap:
         reporter.recap(result)
     return result
+
+
+NOT_STARTED = "interrupted before this host was started"
+
+
+@contextmanager
+def cancel_on_interrupt(cancel: threading.Event | None = None):
+    """Ctrl-C stops starting hosts; hosts in flight finish their run, so none is left on half a release
+    and every lock is released. A second Ctrl-C abandons them (their locks are then stale, and taken over)."""
+    if cancel is not None or threading.current_thread() is not threading.main_thread():
+        yield cancel or threading.Event()
+        return
+    event = threading.Event()
+
+    def on_sigint(signum, frame):
+        if event.is_set():
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        event.set()
+        # No reporter here: the main thread may hold its lock right now. A raw write cannot deadlock.
+        os.write(2, b"interrupted: finishing the hosts in flight, starting no other (Ctrl-C again to abandon them)\n")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _run_host(book: Playbook, ctx: HostContext, run: HostRun, tags: tuple, reporter: Reporter) -> None:
