@@ -30,7 +30,9 @@ def test_empty_inventory(tmp_path, fault_log):
 
 
 def test_missing_key_file(tmp_path, fault_log):
-    inv = write_inventory(tmp_path / "hosts.yml", {"gpu08": {}},
+    known_hosts = tmp_path / "known_hosts"  # present, whether or not the lab is up: the key is what is missing
+    known_hosts.write_text("")
+    inv = write_inventory(tmp_path / "hosts.yml", {"gpu08": {}}, known_hosts=known_hosts,
                           lab_vars={"ansible_ssh_private_key_file": str(tmp_path / "no-such-key")})
     proc = invoke("smoke", "--host", "gpu08", "--inventory", inv, "--json")
     assert proc.returncode == 1, show(proc)

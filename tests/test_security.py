@@ -190,11 +190,11 @@ def test_hostile_names_and_values_run_nothing(deployed, tmp_path, fault_log):
     inv = write_inventory(tmp_path / "hosts.yml", {HOST: {"triton_model_repository_path": path}})
     proc4, _ = deploy("--inventory", inv)
     assert proc4.returncode == 2 and "triton_model_repository_path" in proc4.stderr, show(proc4)
-    # 4. a newline in a host var that ends up in a unit line and a command: refused by the host, nothing run
+    # 4. a newline in a host var that would end up in a unit line and a command: refused before any host is touched
     inv5 = write_inventory(tmp_path / "nl.yml", {HOST: {
         "triton_user": f"triton\nExecStartPre=/usr/bin/touch /tmp/tfpwned7{tag}"}})
     proc5, _ = deploy("--inventory", inv5)
-    assert proc5.returncode == 1, show(proc5)
+    assert proc5.returncode == 2 and "not a valid system user name" in proc5.stderr, show(proc5)
     found = on_host(HOST, "find / -xdev -name 'tfpwned*' 2>/dev/null; true")
     assert found == "", found
     assert _pwned(tag) == []

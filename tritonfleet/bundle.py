@@ -216,6 +216,18 @@ def default_bundle(progress: Progress = print) -> Bundle:
     return build_bundle(None, progress=progress)
 
 
+def resolve_bundle(source: str | Path | None, progress: Progress = print) -> Bundle:
+    """What `--bundle` names: nothing (the pinned wheel), a built bundle (.tar.gz with its .json), or a
+    directory or tarball of /opt/tritonserver to build one from."""
+    if source is None:
+        return default_bundle(progress)
+    name = Path(source).name
+    if name.endswith(".json") or (name.endswith(".tar.gz") and
+                                  Path(source).with_name(name[:-len(".tar.gz")] + ".json").exists()):
+        return load_bundle(source, verify=True)
+    return build_bundle(source, progress=progress)
+
+
 # --- ELF: which libpython a stub needs ----------------------------------------------------------
 
 def elf_dynamic(path: str | Path) -> dict[str, list[str]]:

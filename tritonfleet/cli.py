@@ -167,8 +167,8 @@ def models_diff_command(*, host=None, group=None, models=None, json_output=False
 
 @clear_errors
 def bundle_command(source=None) -> None:
-    from .bundle import build_bundle, default_bundle
-    b = build_bundle(source, progress=console.print) if source else default_bundle(progress=console.print)
+    from .bundle import resolve_bundle
+    b = resolve_bundle(source, progress=console.print)
     print(f"{b.bundle_id}  {b.path}  sha256={b.sha256}  python={','.join(b.python_versions)}")
 
 

@@ -15,7 +15,7 @@ import jinja2
 import jinja2.meta
 
 from .errors import PlaybookError
-from .yamlfile import LineDict, line_of, load_yaml
+from .yamlfile import line_of, load_yaml
 
 TASK_KEYWORDS = ("name", "when", "tags", "notify")
 PLAY_KEYWORDS = ("name", "hosts", "vars", "tasks", "handlers", "gather_facts")
@@ -260,5 +260,3 @@ def evaluate_when(conditions: list, context: dict) -> bool:
             return False
     return True
 
-
-__all__ = ["LineDict", "Play", "Playbook", "Task", "load_playbook", "render", "evaluate_when", "JINJA"]

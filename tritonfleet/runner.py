@@ -143,12 +143,8 @@ def prepare(playbook_path: str | Path, hosts: list[Host], extra_vars: dict | Non
     needs = {n for m in book.modules_used() if m in MODULES for n in MODULES[m].needs}
     bundle = None
     if "bundle" in needs:
-        from .bundle import build_bundle, default_bundle, load_bundle
-        if bundle_source and bundle_source.endswith(".tar.gz") and Path(bundle_source).with_suffix("").with_suffix(
-                ".json").exists():
-            bundle = load_bundle(bundle_source)
-        else:
-            bundle = build_bundle(bundle_source, progress=progress) if bundle_source else default_bundle(progress)
+        from .bundle import resolve_bundle
+        bundle = resolve_bundle(bundle_source, progress=progress)
     repositories = {}
     if needs & {"repository", "bundle"}:
         from .models import validate_repository
