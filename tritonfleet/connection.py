@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import getpass
 import io
+import base64
 import os
 import shlex
 import socket
@@ -267,9 +268,11 @@ class HostConnection:
                  group: str = "root") -> None:
         """Write a file atomically (temp file + install + rename) with its owner and mode."""
         tmp = f"{remote_path}.tritonfleet-tmp"
-        self.run(f"cat > {shlex.quote(tmp)} && chmod {shlex.quote(str(mode))} {shlex.quote(tmp)} && "
-                 f"chown {shlex.quote(owner)}:{shlex.quote(group)} {shlex.quote(tmp)} && "
-                 f"mv -f {shlex.quote(tmp)} {shlex.quote(remote_path)}", stdin=text)
+        # The content travels in the command (base64), not on stdin: invoke feeds stdin a byte at a time.
+        payload = base64.b64encode(text.encode()).decode()
+        self.run(f"echo {payload} | base64 -d > {shlex.quote(tmp)} && chmod {shlex.quote(str(mode))} "
+                 f"{shlex.quote(tmp)} && chown {shlex.quote(owner)}:{shlex.quote(group)} {shlex.quote(tmp)} && "
+                 f"mv -f {shlex.quote(tmp)} {shlex.quote(remote_path)}")
 
     def ssh_argv(self, multiplex: bool = True) -> list[str]:
         """OpenSSH with the inventory's settings, for rsync -e and streams; strict host key checking
