@@ -48,10 +48,20 @@ def veth_bytes(names: list[str]) -> int:
     return total
 
 
-def split(times: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Median over hosts of each category's seconds."""
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores: how much of the machine a run kept busy (lab hosts share it)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def split(times: dict) -> dict[str, float]:
+    """Median over hosts of each category's seconds, and the share of the machine's CPU the run used."""
+    hosts = [t for name, t in times.items() if name != "_cpu"]
     cats = ("transfer", "remote", "ready")
-    return {c: statistics.median(t.get(c, 0.0) for t in times.values()) if times else 0.0 for c in cats}
+    result = {c: statistics.median(t.get(c, 0.0) for t in hosts) if hosts else 0.0 for c in cats}
+    result["cpu"] = times.get("_cpu", 0.0)
+    return result
 
 
 def run_tritonfleet(hosts: list[str], models: Path) -> tuple[float, dict]:
@@ -130,11 +140,13 @@ def main() -> None:
                         if scenario == "one-file change":
                             model_py = models / "str_upper" / "1" / "model.py"
                             model_py.write_text(model_py.read_text() + f"\n# change {r}\n")
-                        sent = veth_bytes(names)
+                        sent, (busy0, total0) = veth_bytes(names), cpu_ticks()
                         if tool == "tritonfleet":
                             wall, times = run_tritonfleet(names, models)
                         else:
                             wall, times = run_ansible(names, models, extra, workdir)
+                        busy1, total1 = cpu_ticks()
+                        times["_cpu"] = (busy1 - busy0) / max(1, total1 - total0)
                         samples[(tool, scenario)].append((wall, veth_bytes(names) - sent, split(times)))
                         print(f"hosts={n} repeat={r} {tool:<11} {scenario:<15} {wall:6.1f} s", file=sys.stderr)
             for scenario in SCENARIOS:
@@ -144,7 +156,7 @@ def main() -> None:
                     row[tool] = {"wall": statistics.median(w for w, _, _ in runs),
                                  "bytes": statistics.median(b for _, b, _ in runs),
                                  "split": {c: statistics.median(s[c] for _, _, s in runs)
-                                           for c in ("transfer", "remote", "ready")}}
+                                           for c in ("transfer", "remote", "ready", "cpu")}}
                 results.append(row)
         reset([h.name for h in lab_hosts[:max(counts)]])
     print_table(results, args.markdown, args.repeats)
@@ -152,14 +164,16 @@ def main() -> None:
 
 def print_table(results: list[dict], markdown: bool, repeats: int) -> None:
     head = ("hosts", "scenario", "tritonfleet s", "ansible s", "ratio", "tritonfleet sent", "ansible sent",
-            "tritonfleet split (transfer/remote/ready s)", "ansible split (transfer/remote/ready s)")
+            "tritonfleet split (transfer/remote/ready s)", "ansible split (transfer/remote/ready s)",
+            "CPU busy (tritonfleet/ansible)")
     rows = []
     for r in results:
         tf, an = r["tritonfleet"], r["ansible"]
         fmt = lambda s: "/".join(f"{s[c]:.1f}" for c in ("transfer", "remote", "ready"))  # noqa: E731
         rows.append((str(r["hosts"]), r["scenario"], f"{tf['wall']:.1f}", f"{an['wall']:.1f}",
                      f"{an['wall'] / tf['wall']:.1f}x", f"{tf['bytes'] / 1e6:.2f} MB", f"{an['bytes'] / 1e6:.2f} MB",
-                     fmt(tf["split"]), fmt(an["split"])))
+                     fmt(tf["split"]), fmt(an["split"]),
+                     f"{tf['split']['cpu']:.0%}/{an['split']['cpu']:.0%}"))
     if markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))

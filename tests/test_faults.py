@@ -164,9 +164,12 @@ def test_killed_server_is_restarted_by_systemd(deployed, fault_log):
     wait_for(lambda: server_ready(ADDRESSES[HOST]), 120, what="server ready after restart")
     proc = run_invoke("smoke", "--host", HOST)
     assert proc.returncode == 0, show(proc)
+    status = run_invoke("status", "--host", HOST, "--json")
+    row = report_of(status)["hosts"][0]
+    assert row["restarts"] == int(props["NRestarts"]) and row["service"] == "active", show(status)
     fault_log("Faults (lab hosts)", "`kill -9` of tritonserver's MainPID",
-              f"systemd restarted it (Restart=on-failure): new PID, NRestarts {restarts} -> {props['NRestarts']}; "
-              "smoke passed")
+              f"systemd restarted it (Restart=on-failure): new PID, NRestarts {restarts} -> {props['NRestarts']}, "
+              "which `invoke status` shows in its restarts column; smoke passed")
 
 
 def test_disk_full_during_release_push(lab, fault_log):

@@ -18,7 +18,8 @@ echo "os_id=${ID:-unknown}"
 echo "os_version=${VERSION_ID:-unknown}"
 echo "os_name=${PRETTY_NAME:-unknown}"
 echo "init=$(cat /proc/1/comm 2>/dev/null)"
-echo "python_version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"
+py=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+echo "python_version=$py"
 for m in apt-get dnf yum zypper; do command -v $m >/dev/null 2>&1 && { echo "pkg_mgr=${m%-get}"; break; }; done
 if command -v dpkg-query >/dev/null 2>&1; then
   dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' 2>/dev/null | awk '$2 ~ /^ii/ {print "package=" $1}'
@@ -37,13 +38,18 @@ echo "live_release=$(readlink "$TF_ROOT" 2>/dev/null)"
 for d in "$TF_RELEASES"/*/; do
   [ -f "$d$TF_MARKER" ] && echo "release=$(basename "$d")"
 done
+stub="$TF_ROOT/$TF_STUB"
+if [ -n "$py" ] && [ -e "$stub" ]; then
+  echo "live_stub=$(stat -c '%U %a' "$stub")$(cmp -s "$TF_ROOT/python_backend_stubs/$py/$TF_STUB_NAME" "$stub" && echo ' same')"
+fi
 echo "live_models=$(readlink "$TF_MODELS" 2>/dev/null)"
+if [ -d "$TF_MODELS/" ]; then echo "live_models_manifest=$(cd "$TF_MODELS/" && sh -c "$TF_MANIFEST")"; fi
 [ -e "$TF_MODELS" ] && [ ! -L "$TF_MODELS" ] && echo "models_is_unmanaged=yes"
 for d in "$TF_STORE"/*/; do [ -d "$d" ] && echo "model_repo=$(basename "$d")"; done
 [ -f "$TF_HISTORY" ] && sed 's/^/history=/' "$TF_HISTORY"
 echo "unit_sha256=$(sha256sum "$TF_UNIT" 2>/dev/null | cut -d' ' -f1)"
 systemctl show "$TF_SERVICE" -p ActiveState -p SubState -p MainPID -p UnitFileState -p NRestarts \
-  -p NeedDaemonReload 2>/dev/null | sed 's/^/service_/'
+  -p NeedDaemonReload -p LoadState 2>/dev/null | sed 's/^/service_/'
 pid=$(systemctl show "$TF_SERVICE" -p MainPID --value 2>/dev/null)
 if [ -n "$pid" ] && [ "$pid" != 0 ]; then echo "server_cmdline=$(tr '\0\n' '  ' < /proc/$pid/cmdline)"; fi
 since=$(systemctl show "$TF_SERVICE" -p ActiveEnterTimestamp --value 2>/dev/null)
@@ -75,13 +81,16 @@ class Facts:
     live_release: str = ""  # target of /opt/tritonserver
     root_is_unmanaged: bool = False  # /opt/tritonserver is a real folder tritonfleet did not make
     releases: list = field(default_factory=list)  # complete Triton trees on the host (bundle ids)
+    live_stub: str = ""  # "<owner> <mode>[ same]" of the live release's stub ("same": it is the host Python's)
     live_models: str = ""  # target of the model repository symlink
+    live_models_manifest: str = ""  # quick-check digest of the live repository (paths, sizes, mtimes)
     models_is_unmanaged: bool = False  # the model path is a real folder tritonfleet did not make
     model_repos: list = field(default_factory=list)  # model repositories kept on the host (digests)
     history: list = field(default_factory=list)  # releases.Release, newest last
     unit_sha256: str = ""
     service: dict = field(default_factory=dict)  # ActiveState, SubState, MainPID, UnitFileState, ...
     server_cmdline: str = ""  # the running tritonserver's command line
+    service_stale: bool = False  # set once this run changed the unit or the service: ask systemd again
 
     @property
     def server_mode(self) -> str:
@@ -113,7 +122,8 @@ class Facts:
 def gather_command(triton_user: str, models_path: str) -> str:
     env = {
         "TF_USER": triton_user, "TF_MODELS": models_path, "TF_STORE": releases.models_store(models_path),
-        "TF_HISTORY": releases.HISTORY_FILE, "TF_ROOT": triton.TRITON_ROOT, "TF_RELEASES": triton.RELEASES_DIR,
+        "TF_HISTORY": releases.HISTORY_FILE, "TF_STUB": triton.STUB_IN_RELEASE, "TF_STUB_NAME": triton.STUB_NAME,
+        "TF_MANIFEST": triton.MANIFEST_COMMAND, "TF_ROOT": triton.TRITON_ROOT, "TF_RELEASES": triton.RELEASES_DIR,
         "TF_MARKER": triton.RELEASE_MARKER, "TF_UNIT": triton.UNIT_PATH, "TF_SERVICE": triton.SERVICE,
     }
     assign = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())

@@ -126,12 +126,19 @@ def python_stub(ctx, args) -> Outcome:
     release = triton.release_dir(ctx.bundle.bundle_id)
     source = f"{release}/{ctx.bundle.stub_path(ctx.facts.python_version)}"
     dest = f"{release}/{triton.STUB_IN_RELEASE}"
-    state = ctx.conn.run(f"stat -c '%U %a' {q(dest)} 2>/dev/null && cmp -s {q(source)} {q(dest)} && echo same",
-                         check=False).stdout.split() if ctx.bundle.bundle_id in ctx.facts.releases else []
+    if ctx.bundle.bundle_id not in ctx.facts.releases:
+        state = []
+    elif ctx.facts.live_release == release:
+        state = ctx.facts.live_stub.split()
+    else:
+        state = ctx.conn.run(f"stat -c '%U %a' {q(dest)} 2>/dev/null && cmp -s {q(source)} {q(dest)} && echo same",
+                             check=False).stdout.split()
     if state == [user, "755", "same"]:
         return Outcome(msg=f"stub for python {ctx.facts.python_version} owned by {user}")
     if not ctx.check:
         ctx.conn.run(f"install -o {q(user)} -g {q(user)} -m 0755 {q(source)} {q(dest)}")
+        if ctx.facts.live_release == release:
+            ctx.facts.live_stub = f"{user} 755 same"
     return _would(ctx, f"install the python {ctx.facts.python_version} stub owned by {user}")
 
 
@@ -159,10 +166,6 @@ def triton_link(ctx, args) -> Outcome:
 _ITEMIZE = re.compile(r"^(\*deleting|[<>ch.][fdLDS][.+?a-zA-Z]{9,10}) (.*)$")
 
 
-_MANIFEST = (r"find . -name __pycache__ -prune -o \( -type f -o -type l \) -printf '%P\t%s\t%T@\n' "
-             r"| sed 's/\.[0-9]*$//' | LC_ALL=C sort | sha256sum | cut -d' ' -f1")
-
-
 def local_manifest(root: str) -> str:
     """rsync's quick check in one digest: every file's path, size and modification time (whole seconds)."""
     lines = []
@@ -173,11 +176,6 @@ def local_manifest(root: str) -> str:
             st = os.lstat(full)
             lines.append(f"{os.path.relpath(full, root)}\t{st.st_size}\t{int(st.st_mtime)}")
     return hashlib.sha256("".join(f"{ln}\n" for ln in sorted(lines)).encode()).hexdigest()
-
-
-def _quick_manifest(ctx, folder: str) -> str:
-    """The same digest of the host's copy, over the connection already open (no rsync, no new handshake)."""
-    return ctx.conn.run(f"cd {q(folder)} && {_MANIFEST}", check=False).stdout.strip()
 
 
 def model_repository(ctx, args) -> Outcome:
@@ -208,7 +206,8 @@ def model_repository(ctx, args) -> Outcome:
         ctx.conn.run(f"install -d -m 0755 {q(str(Path(store).parent))} && "
                      f"install -d -o root -g {q(group)} -m 0750 {q(store)}" +
                      ("" if staged else f" && rm -rf {q(dest)}"))
-    if staged and ctx.facts.live_models == final and _quick_manifest(ctx, final) == local_manifest(src):
+    # The live repository as the facts saw it (triton.MANIFEST_COMMAND) against this one: no rsync needed.
+    if staged and ctx.facts.live_models == final and ctx.facts.live_models_manifest == local_manifest(src):
         return Outcome(msg=f"models {digest[:12]} live and unchanged")
     proc = ctx.conn.rsync(src, dest, options)
     if proc.returncode != 0:
@@ -380,6 +379,8 @@ def template(ctx, args) -> Outcome:
         wanted = JINJA.from_string(src.read_text()).render(ctx.vars)
     except OSError as exc:
         return Outcome(failed=True, msg=f"template {src}: {exc.strerror}")
+    if dest == triton.UNIT_PATH and hashlib.sha256(wanted.encode()).hexdigest() == ctx.facts.unit_sha256:
+        return Outcome(msg=f"{dest} up to date")  # the facts carry the unit's checksum: no need to read it
     current = ctx.conn.run(f"cat {q(dest)} 2>/dev/null", check=False).stdout
     if current == wanted:
         return Outcome(msg=f"{dest} up to date")
@@ -388,15 +389,21 @@ def template(ctx, args) -> Outcome:
     if not ctx.check:
         ctx.conn.put_text(wanted, dest, mode=str(args.get("mode", "0644")), owner=str(args.get("owner", "root")),
                           group=str(args.get("group", "root")))
+        if dest == triton.UNIT_PATH:
+            ctx.facts.unit_sha256 = hashlib.sha256(wanted.encode()).hexdigest()
+            ctx.facts.service_stale = True
     return _would(ctx, f"write {dest}", diff=diff)
 
 
 def systemd(ctx, args) -> Outcome:
     name = str(args["name"])
     state = args.get("state")
-    show = ctx.conn.run(f"systemctl show {q(name)} -p ActiveState -p UnitFileState -p NeedDaemonReload "
-                        "-p LoadState", check=False).stdout
-    props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+    if name == triton.SERVICE and not ctx.facts.service_stale:
+        props = ctx.facts.service  # gathered with the facts, and nothing in this run has changed it since
+    else:
+        show = ctx.conn.run(f"systemctl show {q(name)} -p ActiveState -p UnitFileState -p NeedDaemonReload "
+                            "-p LoadState", check=False).stdout
+        props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
     actions = []
     if props.get("NeedDaemonReload") == "yes" or (args.get("daemon_reload") and props.get("LoadState") != "loaded"):
         actions.append(("reload units", "systemctl daemon-reload"))
@@ -412,6 +419,7 @@ def systemd(ctx, args) -> Outcome:
         return Outcome(msg=f"{name} {props.get('ActiveState', 'unknown')}, {props.get('UnitFileState', 'unknown')}")
     if not ctx.check:
         ctx.conn.run(" && ".join(cmd for _, cmd in actions), timeout=120)
+        ctx.facts.service_stale = True
     return _would(ctx, ", ".join(what for what, _ in actions))
 
 

@@ -48,6 +48,10 @@ DEFAULT_VARS = {
 
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 
+# rsync's quick check (path, size, whole-second mtime of every file) as one digest, run in a repository folder.
+MANIFEST_COMMAND = (r"find . -name __pycache__ -prune -o \( -type f -o -type l \) -printf '%P\t%s\t%T@\n' "
+                    r"| sed 's/\.[0-9]*$//' | LC_ALL=C sort | sha256sum | cut -d' ' -f1")
+
 
 def is_loopback(address: str) -> bool:
     """A bind address only the host itself can reach."""
