@@ -212,7 +212,7 @@ def test_hostile_names_and_values_run_nothing(deployed, tmp_path, fault_log):
     fault_log("Security", "`triton_model_repository_path` with spaces, quotes, `;`, `$(...)`",
               "refused before any host is touched (exit 2): it reaches Triton's unquoted `bash -c`")
     fault_log("Security", "`triton_user` holding a newline and an `ExecStartPre=` line",
-              "the host refuses the user name (useradd), the run fails (exit 1); the unit is not written")
+              "refused before any host is touched (exit 2): `not a valid system user name`; the unit is not written")
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -236,7 +236,7 @@ def test_files_owned_by_root_and_not_writable_by_the_service_user(deployed, faul
     fault_log("Security", "ownership and modes after a deploy",
               "unit, release tree and models owned by root; nothing world-writable under /opt/tritonfleet, "
               "/opt/tritonserver, /srv/tritonfleet or the unit; models readable, not writable, by `triton`; "
-              "the one file `triton` owns is the Python stub (Triton chmods it at every load)")
+              "the one file `triton` owns is the Python stub (the backend may chmod it when a model loads)")
 
 
 def labssh(command: str):
