@@ -153,9 +153,9 @@ def test_manual_rollback_returns_to_the_previous_release(good_fleet, inventory):
     assert after != before and after == f"{previous[0]}+{previous[1][:12]}"
 
 
-def test_second_run_on_a_locked_host_fails_fast_naming_the_holder(good_fleet, inventory, tmp_path):
+def test_second_rollout_on_a_locked_host_fails_fast_naming_the_holder(good_fleet, inventory, tmp_path):
     repo = repo_with(tmp_path, "locked", "locked")
-    first = subprocess.Popen(["invoke", "deploy", "--host", "gpu05", "--models", str(repo), "--inventory",
+    first = subprocess.Popen(["invoke", "rollout", "--host", "gpu05", "--models", str(repo), "--inventory",
                               str(inventory)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, stdin=subprocess.DEVNULL)
     try:
@@ -164,10 +164,10 @@ def test_second_run_on_a_locked_host_fails_fast_naming_the_holder(good_fleet, in
             assert time.monotonic() < deadline and first.poll() is None, "first run never took the lock"
             time.sleep(0.2)
         t0 = time.monotonic()
-        second = run(inventory, "deploy", "--host", "gpu05")
+        second = run(inventory, "rollout", "--host", "gpu05")
         elapsed = time.monotonic() - t0
         assert second.returncode == 1
-        assert "gpu05 is locked by another run: deploy from" in second.stderr
+        assert "gpu05 is locked by another run: deploy from" in second.stderr  # a rollout runs deploy.yml
         assert f"(pid {first.pid}," in second.stderr
         print(f"second run refused after {elapsed:.1f} s")
     finally:
