@@ -106,9 +106,8 @@ def build_bundle(source: str | Path | None = None, progress: Progress = print) -
     bundles_dir = _cache_dir() / "bundles"
     if source is None:
         source_id = _pinned_source_id()
-        cached = _find_cached(bundles_dir, source_id)
+        cached = _reuse(bundles_dir, source_id, progress)
         if cached:
-            progress(f"bundle {cached.bundle_id} is cached ({_mb(cached.size)})")
             return cached
         wheel = _fetch_pinned_wheel(progress)
         return _build_from_wheel(wheel, source_id, bundles_dir, progress)
@@ -126,18 +125,16 @@ def build_bundle(source: str | Path | None = None, progress: Progress = print) -
                 f"(sha256 {digest}, expected {PYTRITON_SHA256})", file=str(src),
                 hint="omit the source to use the pinned wheel, or pass an /opt/tritonserver tree")
         source_id = _pinned_source_id()
-        cached = _find_cached(bundles_dir, source_id)
+        cached = _reuse(bundles_dir, source_id, progress)
         if cached:
-            progress(f"bundle {cached.bundle_id} is cached ({_mb(cached.size)})")
             return cached
         return _build_from_wheel(src, source_id, bundles_dir, progress)
 
     if src.is_dir():
         root = _find_tree_root(src)
         source_id = f"format={BUNDLE_FORMAT};directory:{src};stat={_tree_fingerprint(root)}"
-        cached = _find_cached(bundles_dir, source_id)
+        cached = _reuse(bundles_dir, source_id, progress)
         if cached:
-            progress(f"bundle {cached.bundle_id} is cached ({_mb(cached.size)})")
             return cached
         entries, version = _entries_from_tree(root, progress)
         return _pack(entries, version, f"directory:{src}", source_id, bundles_dir, progress)
@@ -146,9 +143,8 @@ def build_bundle(source: str | Path | None = None, progress: Progress = print) -
         progress(f"hashing {src.name}")
         digest = _sha256_file(src)
         source_id = f"format={BUNDLE_FORMAT};tarball:sha256={digest}"
-        cached = _find_cached(bundles_dir, source_id)
+        cached = _reuse(bundles_dir, source_id, progress)
         if cached:
-            progress(f"bundle {cached.bundle_id} is cached ({_mb(cached.size)})")
             return cached
         bundles_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".extract-", dir=bundles_dir) as tmp:
@@ -646,6 +642,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _reuse(bundles_dir: Path, source_id: str, progress: Progress) -> Bundle | None:
+    """The bundle already built from this source, if any (and say so)."""
+    cached = _find_cached(bundles_dir, source_id)
+    if cached:
+        progress(f"bundle {cached.bundle_id} is cached ({_mb(cached.size)})")
+    return cached
 
 
 def _find_cached(bundles_dir: Path, source_id: str) -> Bundle | None:
