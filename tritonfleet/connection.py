@@ -188,7 +188,7 @@ class HostConnection:
         try:
             res = self._conn.run(command, **kwargs)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise Unreachable(f"{self.host.name}: connection lost: {str(exc) or type(exc).__name__}",
+            raise Unreachable(f"{self.host.name}: connection lost: {str(exc) or 'the connection was closed'}",
                               hint="check the network to the host and run again") from None
         except Exception as exc:  # invoke's CommandTimedOut
             if type(exc).__name__ == "CommandTimedOut":
