@@ -25,6 +25,7 @@ import getpass
 import io
 import base64
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -48,6 +49,10 @@ _TRUE = ("1", "true", "yes", "on")
 _known_hosts_lock = threading.Lock()
 _prompt_lock = threading.Lock()
 _prompted: dict[str, str] = {}
+
+
+# One line of `rsync --itemize-changes`: the 11-character change summary, then the path.
+RSYNC_ITEM = re.compile(r"^(\*deleting|[<>ch.][fdLDS][.+?a-zA-Z]{9,10})\s+(.*)$")
 
 
 class Unreachable(TritonfleetError):

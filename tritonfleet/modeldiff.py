@@ -6,14 +6,11 @@ next `sync-models` does, and nothing on the host changes.
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .connection import HostConnection
-
-_ITEM = re.compile(r"^(\*deleting|[<>ch.][fdLDS][.+?a-zA-Z]{9,10})\s+(.*)$")
+from .connection import RSYNC_ITEM, HostConnection
 
 
 @dataclass
@@ -32,7 +29,7 @@ class ModelDiff:
 def parse_itemized(output: str, diff: ModelDiff) -> None:
     """Sort rsync's itemized changes into models added, removed and changed (with their files)."""
     for line in output.splitlines():
-        m = _ITEM.match(line)
+        m = RSYNC_ITEM.match(line)
         if not m or m.group(2) == "./" or m.group(1).startswith("."):
             continue  # "." = same content, only attributes (times) differ
         flag, path = m.group(1), m.group(2)

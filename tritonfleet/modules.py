@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from . import releases, triton
+from .connection import RSYNC_ITEM
 from .errors import TritonfleetError
 from .paths import REPO_ROOT
 
@@ -163,9 +164,6 @@ def triton_link(ctx, args) -> Outcome:
     return _would(ctx, f"switch {triton.TRITON_ROOT} from {previous} to {target}")
 
 
-_ITEMIZE = re.compile(r"^(\*deleting|[<>ch.][fdLDS][.+?a-zA-Z]{9,10}) (.*)$")
-
-
 def local_manifest(root: str) -> str:
     """rsync's quick check in one digest: every file's path, size and modification time (whole seconds)."""
     lines = []
@@ -215,7 +213,7 @@ def model_repository(ctx, args) -> Outcome:
             ctx.conn.run(f"rm -rf {q(dest)}", check=False)
         return Outcome(failed=True, msg=f"rsync to {dest} failed (exit {proc.returncode}): "
                                         f"{proc.stderr.strip()[-1000:]}")
-    changes = [m.group(2) for m in map(_ITEMIZE.match, proc.stdout.splitlines())
+    changes = [m.group(2) for m in map(RSYNC_ITEM.match, proc.stdout.splitlines())
                if m and not (m.group(1).startswith(".") and m.group(2) == "./")]
     sent = re.search(r"Total bytes sent: ([\d,]+)", proc.stdout)
     data = {"bytes_sent": int(sent.group(1).replace(",", "")) if sent else 0, "files": changes}

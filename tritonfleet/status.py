@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -13,9 +12,6 @@ from .errors import TritonfleetError
 from .facts import gather_facts
 from .paths import REPO_ROOT
 from .runner import prepare
-
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
 
 @dataclass
 class HostStatus:
@@ -34,17 +30,15 @@ class HostStatus:
 
 def _server(address: str, port: int) -> tuple[str, dict]:
     """Triton's version and every model's state, from the control machine (empty when it does not answer)."""
-    base = f"http://{address}:{port}"
+    from .smoke import _host, _index, _request
+    base = f"http://{_host(address)}:{port}"
     try:
-        with _NO_PROXY.open(base + "/v2", timeout=5) as resp:
-            version = json.load(resp).get("version", "")
-        req = urllib.request.Request(base + "/v2/repository/index", data=b"{}", method="POST")
-        with _NO_PROXY.open(req, timeout=5) as resp:
-            index = json.load(resp)
+        status, body = _request(base + "/v2", timeout=5)
+        version = json.loads(body).get("version", "") if status == 200 else ""
     except (OSError, ValueError):
         return "", {}
     states = {}
-    for m in index:
+    for m in _index(base, timeout=5) or []:
         state = m.get("state", "UNKNOWN")
         states[m["name"]] = state if state == "READY" or not m.get("reason") else f"{state}: {m['reason']}"
     return version, states
