@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -168,6 +170,18 @@ def test_stop_and_start_keep_state(hosts):
     state = labmod.start_host(h.name)
     assert state.state in ("running", "degraded")
     assert _out(h, "cat /opt/kept") == "kept"
+
+
+def test_a_host_whose_boot_dies_is_booted_once_more(hosts):
+    h = hosts[1]
+    labmod.stop_host(h.name)
+    pid = labmod._start(h)
+    os.kill(pid, signal.SIGKILL)            # the boot dies before the host is ready
+    state = labmod._boot(h, pid)
+    assert state.state in ("running", "degraded") and state.pid != pid
+    console = state.console_log.read_text()
+    assert f"systemd-nspawn (pid {pid}) exited during boot (killed by SIGKILL); booting once more" in console
+    assert _out(h, "hostname") == h.name
 
 
 def test_reset_host_gives_a_clean_host(hosts):

@@ -552,6 +552,10 @@ def _prepare_upper(host: LabHost) -> None:
     (up / "etc/apt/sources.list.d").mkdir(exist_ok=True)
 
 
+# nspawn processes this process started, by host name: their exit status explains a failed boot.
+_BOOTED: dict[str, subprocess.Popen] = {}
+
+
 def _start(host: LabHost) -> int:
     """Boot the host detached: nspawn over base + this host's overlay, in the host's netns."""
     console = _console(host.name)
@@ -565,8 +569,44 @@ def _start(host: LabHost) -> int:
              f"--network-namespace-path=/run/netns/{host.name}",
              f"--machine={host.name}", f"--hostname={host.name}"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    _BOOTED[host.name] = proc
     _write_record(host.name, pid=proc.pid, state="starting", started=time.time())
     return proc.pid
+
+
+def _exit_status(name: str, pid: int) -> str:
+    """How our nspawn for this host ended, in words ('' when another process started it)."""
+    proc = _BOOTED.get(name)
+    if proc is None or proc.pid != pid:
+        return ""
+    code = proc.poll()
+    if code is None:
+        return ""
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+class BootDied(TritonfleetError):
+    """systemd-nspawn ended before the host was ready (_boot retries once)."""
+
+
+def _boot(host: LabHost, pid: int | None) -> HostState:
+    """Start (unless pid is already booting) and wait until ready.
+
+    A host whose nspawn dies before it is ready is booted once more: on a shared CI machine the
+    first boot after a teardown was seen to die with nothing in its console log. A second death
+    is an error that names both exit statuses.
+    """
+    try:
+        return _wait_ready(host, pid or _start(host))
+    except BootDied as first:
+        with open(_console(host.name), "ab") as log:
+            log.write(f"==== lab: {first.args[0].splitlines()[0]}; booting once more ====\n".encode())
+        try:
+            return _wait_ready(host, _start(host))
+        except BootDied as second:
+            raise TritonfleetError(f"{second}\n  (the boot before it failed too: {first.args[0].splitlines()[0]})")
 
 
 def _wait_ready(host: LabHost, pid: int, timeout: float = READY_TIMEOUT_S) -> HostState:
@@ -575,7 +615,9 @@ def _wait_ready(host: LabHost, pid: int, timeout: float = READY_TIMEOUT_S) -> Ho
     why = "no answer yet"
     while time.monotonic() < deadline:
         if not _nspawn_alive(pid, host.name):
-            _fail(host, f"systemd-nspawn (pid {pid}) exited during boot")
+            how = _exit_status(host.name, pid)
+            _fail(host, f"systemd-nspawn (pid {pid}) exited during boot" + (f" ({how})" if how else ""),
+                  BootDied)
         state, err = _probe(host.address)
         if state in ("running", "degraded"):
             _write_record(host.name, state=state)
@@ -585,10 +627,10 @@ def _wait_ready(host: LabHost, pid: int, timeout: float = READY_TIMEOUT_S) -> Ho
     _fail(host, f"not ready after {timeout:.0f} s (last: {why})")
 
 
-def _fail(host: LabHost, why: str):
+def _fail(host: LabHost, why: str, kind: type[TritonfleetError] = TritonfleetError):
     _write_record(host.name, state=f"failed: {why}")
     console = _console(host.name)
-    raise TritonfleetError(f"lab host {host.name} ({host.address}): {why}\n"
+    raise kind(f"lab host {host.name} ({host.address}): {why}\n"
                            f"  console log: {console}\n  last lines:\n{_tail(console)}")
 
 
@@ -638,12 +680,9 @@ def up(hosts: list[LabHost], progress: Callable[[str], None] = print) -> list[Ho
         _prepare_upper(h)
         booting.append((h, None))
     _write_known_hosts()
-    started = []
-    for h, pid in booting:
-        started.append((h, pid or _start(h)))
-    if started:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(started)) as pool:
-            futures = {h.name: pool.submit(_wait_ready, h, pid) for h, pid in started}
+    if booting:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(booting)) as pool:
+            futures = {h.name: pool.submit(_boot, h, pid) for h, pid in booting}
             errors = []
             for name, fut in futures.items():
                 try:
@@ -694,8 +733,8 @@ def start_host(name: str) -> HostState:
         _ensure_mirror_server()
         _ensure_netns(host)
         _prepare_upper(host)
-        pid = _start(host)
-    return _wait_ready(host, pid)
+        pid = None
+    return _boot(host, pid)
 
 
 def reset_host(name: str) -> HostState:
