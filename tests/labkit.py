@@ -9,12 +9,12 @@ import time
 import pytest
 import yaml
 
-from conftest import ssh
+from conftest import LAB_HOSTS, ssh
 from tritonfleet import faultreport
 from tritonfleet import lab as labmod
 from tritonfleet.paths import REPO_ROOT
 
-ADDRESSES = {"gpu07": "10.213.0.17", "gpu08": "10.213.0.18"}
+ADDRESSES = {h.name: h.address for h in LAB_HOSTS}
 
 
 def invoke(*args, timeout: int = 900, env=None, input_text=None) -> subprocess.CompletedProcess:
@@ -38,15 +38,16 @@ def on_host(name: str, command: str, timeout: float = 300, check: bool = True) -
     return res.stdout.strip()
 
 
-def write_inventory(path, hosts: dict, *, known_hosts=None, user="root", lab_vars=None) -> str:
-    """An inventory of lab hosts (name -> extra host vars) with the lab's key and a chosen known_hosts."""
+def write_inventory(path, hosts: dict, *, group="lab", known_hosts=None, user="root", lab_vars=None) -> str:
+    """An inventory of lab hosts (name -> extra host vars) in one group, with the lab's key and a chosen
+    known_hosts; lab_vars are that group's vars."""
     group_vars = {
         "ansible_ssh_private_key_file": str(labmod.LAB_KEY),
         "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts or labmod.KNOWN_HOSTS} "
                                    "-o StrictHostKeyChecking=yes",
         **(lab_vars or {}),
     }
-    data = {"all": {"vars": {"ansible_user": user}, "children": {"lab": {
+    data = {"all": {"vars": {"ansible_user": user}, "children": {group: {
         "vars": group_vars,
         "hosts": {name: {"ansible_host": ADDRESSES[name], **(extra or {})} for name, extra in hosts.items()},
     }}}}

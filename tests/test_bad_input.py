@@ -110,3 +110,14 @@ def test_non_numeric_forks():
     assert proc.returncode == 2
     assert "--forks must be a whole number, got 'abc'" in proc.stderr
     no_traceback(proc)
+
+
+def test_doctor_refuses_a_bad_inventory_value_before_touching_a_host(tmp_path):
+    # An address nothing answers on: if the doctor tried the host, it would say UNREACHABLE instead.
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  hosts:\n    gpu08: {ansible_host: 10.213.0.18, triton_model_control_mode: sometimes}\n")
+    proc = invoke("doctor", "--host", "gpu08", "--inventory", str(inv))
+    assert proc.returncode == 2, show(proc)
+    no_traceback(proc)
+    assert "host gpu08: triton_model_control_mode is 'sometimes'" in proc.stderr, show(proc)
+    assert "UNREACHABLE" not in proc.stderr + proc.stdout

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import tarfile
 import time
 import urllib.error

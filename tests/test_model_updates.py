@@ -13,7 +13,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from conftest import ssh
-from tritonfleet import lab as labmod
+from labkit import write_inventory
 from tritonfleet.paths import REPO_ROOT
 
 pytestmark = pytest.mark.lab
@@ -27,15 +27,7 @@ def inventory(lab, tmp_path_factory):
     lab.ensure(1)
     lab.reset(HOST)
     path = tmp_path_factory.mktemp("inv") / "hosts.yml"
-    path.write_text(f"""all:
-  vars:
-    ansible_user: root
-    ansible_ssh_private_key_file: {labmod.LAB_KEY}
-    ansible_ssh_common_args: "-o UserKnownHostsFile={labmod.KNOWN_HOSTS} -o StrictHostKeyChecking=yes"
-    triton_model_control_mode: explicit
-  hosts:
-    {HOST}: {{ansible_host: {ADDRESS}}}
-""")
+    write_inventory(path, {HOST: {}}, lab_vars={"triton_model_control_mode": "explicit"})
     return path
 
 

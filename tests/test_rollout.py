@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import LAB_HOSTS, ssh
+from labkit import write_inventory
 from tritonfleet import hostlock, lab as labmod
 from tritonfleet.paths import REPO_ROOT
 
@@ -26,18 +27,7 @@ def inventory(lab, tmp_path_factory):
     for h in FLEET:
         lab.reset(h.name)
     path = tmp_path_factory.mktemp("inv") / "hosts.yml"
-    hosts = "\n".join(f"        {h.name}: {{ansible_host: {h.address}}}" for h in FLEET)
-    path.write_text(f"""all:
-  vars:
-    ansible_user: root
-  children:
-    fleet:
-      vars:
-        ansible_ssh_private_key_file: {labmod.LAB_KEY}
-        ansible_ssh_common_args: "-o UserKnownHostsFile={labmod.KNOWN_HOSTS} -o StrictHostKeyChecking=yes"
-      hosts:
-{hosts}
-""")
+    write_inventory(path, {h.name: {} for h in FLEET}, group="fleet")
     return path
 
 

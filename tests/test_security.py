@@ -10,11 +10,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
-import tritonclient.http as httpclient
 
-from labkit import ADDRESSES, ensure_mine, fault_log, invoke, on_host, report_of, show, wait_for, write_inventory  # noqa: F401
+from labkit import ADDRESSES, ensure_mine, fault_log, invoke, on_host, report_of, show, write_inventory  # noqa: F401
 from tritonfleet import lab as labmod
 from tritonfleet.connection import HostConnection
 from tritonfleet.inventory import load_inventory

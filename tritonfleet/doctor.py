@@ -659,6 +659,7 @@ class HostReport:
     fixes: list = field(default_factory=list)
     after: Diagnosis | None = None
     unreachable: str = ""
+    error: str = ""       # the doctor itself could not finish on this host (reachable, but a command failed)
 
     @property
     def final(self) -> Diagnosis | None:
@@ -666,21 +667,27 @@ class HostReport:
 
     @property
     def failed(self) -> bool:
-        return bool(self.unreachable) or self.final is None or bool(self.final.errors)
+        return bool(self.unreachable or self.error) or self.final is None or bool(self.final.errors)
 
     def as_dict(self) -> dict:
-        return {"host": self.host, "ok": not self.failed, "unreachable": self.unreachable,
+        return {"host": self.host, "ok": not self.failed, "unreachable": self.unreachable, "error": self.error,
                 "diagnosis": self.before.as_dict() if self.before else None, "fixes": self.fixes,
                 "after_fix": self.after.as_dict() if self.after else None}
 
 
 def run_doctor(hosts: list, *, fix: bool = False, forks: int = 10, progress=lambda host, msg: None) -> list:
-    """Diagnose (and with fix=True repair) every host in parallel, one connection each."""
+    """Diagnose (and with fix=True repair) every host in parallel, one connection each.
+
+    Inventory values are checked for every host first: a bad one is an input error (TritonfleetError)
+    before any host is touched, not a host that looks unreachable.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     from .connection import HostConnection, Unreachable
     from .errors import TritonfleetError
-    from .runner import host_vars
+    from .runner import checked_host_vars
+
+    all_vars = checked_host_vars(hosts)
 
     def one(host) -> HostReport:
         report = HostReport(host.name)
@@ -690,7 +697,7 @@ def run_doctor(hosts: list, *, fix: bool = False, forks: int = 10, progress=lamb
             report.unreachable = str(exc)
             return report
         try:
-            hv = host_vars(host, {})
+            hv = all_vars[host.name]
             progress(host.name, "gathering evidence")
             report.before = diagnose(conn, host, hv)
             if fix and any(f.action for f in report.before.errors):
@@ -700,7 +707,7 @@ def run_doctor(hosts: list, *, fix: bool = False, forks: int = 10, progress=lamb
         except Unreachable as exc:
             report.unreachable = str(exc)
         except TritonfleetError as exc:
-            report.unreachable = str(exc)
+            report.error = str(exc)
         finally:
             conn.close()
         return report

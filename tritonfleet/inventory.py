@@ -22,7 +22,7 @@ import jinja2
 
 from . import secrets
 from .errors import InventoryError
-from .yamlfile import LineDict, line_of, load_yaml
+from .yamlfile import line_of, load_yaml
 
 GROUP_KEYS = ("hosts", "vars", "children")
 _JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

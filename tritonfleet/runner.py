@@ -122,23 +122,27 @@ def _known_vars(hostvars: list[dict]) -> set[str]:
     return common | set(triton.DEFAULT_VARS) | MAGIC_VARS
 
 
-def prepare(playbook_path: str | Path, hosts: list[Host], extra_vars: dict | None = None,
-            bundle_source: str | None = None, progress=print):
-    """Everything that can be checked without a host; raises TritonfleetError before any host is touched."""
-    extra_vars = extra_vars or {}
+def checked_host_vars(hosts: list[Host], extra_vars: dict | None = None) -> dict[str, dict]:
+    """Every host's vars, checked before any host is touched (an error names the host and what to do)."""
     all_vars = {}
     for host in hosts:
         try:
-            all_vars[host.name] = host_vars(host, extra_vars)
+            all_vars[host.name] = v = host_vars(host, extra_vars or {})
         except TritonfleetError as exc:
             raise TritonfleetError(f"host {host.name}: {exc.message}", hint=exc.hint) from None
-    for name, v in all_vars.items():  # it reaches `bash -c` unquoted inside Triton's Python backend
-        path = str(v["triton_model_repository_path"])
+        path = str(v["triton_model_repository_path"])  # it reaches `bash -c` unquoted inside the Python backend
         if not path.startswith("/") or not all(SHELL_SAFE.match(c) for c in path):
-            raise TritonfleetError(f"host {name}: triton_model_repository_path {path!r} must be an absolute path "
-                                   "of letters, digits and _ . + @ = , : % / -",
+            raise TritonfleetError(f"host {host.name}: triton_model_repository_path {path!r} must be an absolute "
+                                   "path of letters, digits and _ . + @ = , : % / -",
                                    hint="Triton's Python backend passes the model path unquoted to `bash -c`: "
                                         "spaces break every model and quotes, ';', '$(...)' run as commands")
+    return all_vars
+
+
+def prepare(playbook_path: str | Path, hosts: list[Host], extra_vars: dict | None = None,
+            bundle_source: str | None = None, progress=print):
+    """Everything that can be checked without a host; raises TritonfleetError before any host is touched."""
+    all_vars = checked_host_vars(hosts, extra_vars)
     book = load_playbook(playbook_path, MODULES, _known_vars(list(all_vars.values())))
     needs = {n for m in book.modules_used() if m in MODULES for n in MODULES[m].needs}
     bundle = None
