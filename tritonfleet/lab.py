@@ -552,7 +552,7 @@ def _prepare_upper(host: LabHost) -> None:
     (up / "etc/apt/sources.list.d").mkdir(exist_ok=True)
 
 
-# nspawn processes this process started, by host name: their exit status explains a failed boot.
+# nspawn processes this process started, by host name: waitpid tells whether a booting host is alive.
 _BOOTED: dict[str, subprocess.Popen] = {}
 
 
@@ -574,39 +574,21 @@ def _start(host: LabHost) -> int:
     return proc.pid
 
 
-def _exit_status(name: str, pid: int) -> str:
-    """How our nspawn for this host ended, in words ('' when another process started it)."""
+def _booting_alive(name: str, pid: int) -> tuple[bool, str]:
+    """(alive, how it ended) for a host being booted.
+
+    For an nspawn this process started, waitpid decides: /proc/PID/cmdline reads empty for a moment
+    after exec (the kernel releases a vfork parent before it sets the new argv), and a loaded machine
+    was seen to hit that window and take a booting host for a dead one. Another process's nspawn is
+    judged by its command line.
+    """
     proc = _BOOTED.get(name)
     if proc is None or proc.pid != pid:
-        return ""
+        return _nspawn_alive(pid, name), ""
     code = proc.poll()
     if code is None:
-        return ""
-    if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exit status {code}"
-
-
-class BootDied(TritonfleetError):
-    """systemd-nspawn ended before the host was ready (_boot retries once)."""
-
-
-def _boot(host: LabHost, pid: int | None) -> HostState:
-    """Start (unless pid is already booting) and wait until ready.
-
-    A host whose nspawn dies before it is ready is booted once more: on a shared CI machine the
-    first boot after a teardown was seen to die with nothing in its console log. A second death
-    is an error that names both exit statuses.
-    """
-    try:
-        return _wait_ready(host, pid or _start(host))
-    except BootDied as first:
-        with open(_console(host.name), "ab") as log:
-            log.write(f"==== lab: {first.args[0].splitlines()[0]}; booting once more ====\n".encode())
-        try:
-            return _wait_ready(host, _start(host))
-        except BootDied as second:
-            raise TritonfleetError(f"{second}\n  (the boot before it failed too: {first.args[0].splitlines()[0]})")
+        return True, ""
+    return False, f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
 
 
 def _wait_ready(host: LabHost, pid: int, timeout: float = READY_TIMEOUT_S) -> HostState:
@@ -614,10 +596,9 @@ def _wait_ready(host: LabHost, pid: int, timeout: float = READY_TIMEOUT_S) -> Ho
     deadline = time.monotonic() + timeout
     why = "no answer yet"
     while time.monotonic() < deadline:
-        if not _nspawn_alive(pid, host.name):
-            how = _exit_status(host.name, pid)
-            _fail(host, f"systemd-nspawn (pid {pid}) exited during boot" + (f" ({how})" if how else ""),
-                  BootDied)
+        alive, how = _booting_alive(host.name, pid)
+        if not alive:
+            _fail(host, f"systemd-nspawn (pid {pid}) exited during boot" + (f" ({how})" if how else ""))
         state, err = _probe(host.address)
         if state in ("running", "degraded"):
             _write_record(host.name, state=state)
@@ -627,10 +608,10 @@ def _wait_ready(host: LabHost, pid: int, timeout: float = READY_TIMEOUT_S) -> Ho
     _fail(host, f"not ready after {timeout:.0f} s (last: {why})")
 
 
-def _fail(host: LabHost, why: str, kind: type[TritonfleetError] = TritonfleetError):
+def _fail(host: LabHost, why: str):
     _write_record(host.name, state=f"failed: {why}")
     console = _console(host.name)
-    raise kind(f"lab host {host.name} ({host.address}): {why}\n"
+    raise TritonfleetError(f"lab host {host.name} ({host.address}): {why}\n"
                            f"  console log: {console}\n  last lines:\n{_tail(console)}")
 
 
@@ -682,7 +663,7 @@ def up(hosts: list[LabHost], progress: Callable[[str], None] = print) -> list[Ho
     _write_known_hosts()
     if booting:
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(booting)) as pool:
-            futures = {h.name: pool.submit(_boot, h, pid) for h, pid in booting}
+            futures = {h.name: pool.submit(_wait_ready, h, pid or _start(h)) for h, pid in booting}
             errors = []
             for name, fut in futures.items():
                 try:
@@ -733,8 +714,8 @@ def start_host(name: str) -> HostState:
         _ensure_mirror_server()
         _ensure_netns(host)
         _prepare_upper(host)
-        pid = None
-    return _boot(host, pid)
+        pid = _start(host)
+    return _wait_ready(host, pid)
 
 
 def reset_host(name: str) -> HostState:
