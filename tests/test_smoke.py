@@ -24,7 +24,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tritonfleet.paths import CACHE_DIR, REPO_ROOT
-from tritonfleet.smoke import (DYNAMIC_DIM, ModelSmoke, SkipInference, SmokeReport, build_inputs,
+from tritonfleet.smoke import (DYNAMIC_DIM, ModelSmoke, SkipInference, SmokeReport, build_inputs, grpc_answers_as_http,
                                smoke_test, wait_until_ready)
 
 EXAMPLES = REPO_ROOT / "examples" / "models"
@@ -97,16 +97,24 @@ def test_build_inputs_optional_skipped_and_metadata_fallback():
     assert [_described(t) for t in built] == [("REQ", [1, 2], "FP32"), ("NOCFG", [1, DYNAMIC_DIM, 5], "INT32")]
 
 
-def test_build_inputs_grpc_json_forms():
-    # gRPC's as_json: int64 as strings, config wrapped in {"config": ...}, defaults (0/false) omitted
-    meta = {"name": "m", "inputs": [{"name": "T", "datatype": "BYTES", "shape": ["-1", "-1"]}]}
-    config = {"config": {"name": "m", "max_batch_size": 8,
-                         "input": [{"name": "T", "data_type": "TYPE_STRING", "dims": ["-1"]}]}}
-    built = build_inputs(meta, config, "grpc")
-    assert [_described(t) for t in built] == [("T", [1, DYNAMIC_DIM], "BYTES")]
-    meta = {"name": "m", "inputs": [{"name": "X", "datatype": "FP32", "shape": ["4"]}]}
-    config = {"config": {"name": "m", "input": [{"name": "X", "data_type": "TYPE_FP32", "dims": ["4"]}]}}
-    assert [_described(t) for t in build_inputs(meta, config, "grpc")] == [("X", [4], "FP32")]
+def test_grpc_answers_read_as_http_dicts():
+    from tritonclient.grpc import model_config_pb2, service_pb2
+
+    meta = service_pb2.ModelMetadataResponse(name="m", inputs=[
+        service_pb2.ModelMetadataResponse.TensorMetadata(name="T", datatype="BYTES", shape=[-1, -1]),
+        service_pb2.ModelMetadataResponse.TensorMetadata(name="OPT", datatype="FP32", shape=[-1, 2])],
+        outputs=[service_pb2.ModelMetadataResponse.TensorMetadata(name="Y", datatype="INT64", shape=[-1, 3])])
+    config = model_config_pb2.ModelConfig(name="m", max_batch_size=8, input=[
+        model_config_pb2.ModelInput(name="T", data_type=model_config_pb2.TYPE_STRING, dims=[-1]),
+        model_config_pb2.ModelInput(name="OPT", data_type=model_config_pb2.TYPE_FP32, dims=[2], optional=True)])
+    metadata, cfg = grpc_answers_as_http(meta, config)
+    assert metadata["outputs"] == [{"name": "Y", "datatype": "INT64", "shape": [-1, 3]}]
+    assert [_described(t) for t in build_inputs(metadata, cfg, "grpc")] == [("T", [1, DYNAMIC_DIM], "BYTES")]
+    meta = service_pb2.ModelMetadataResponse(name="s", inputs=[
+        service_pb2.ModelMetadataResponse.TensorMetadata(name="X", datatype="FP32", shape=[4])])
+    config = model_config_pb2.ModelConfig(name="s", input=[
+        model_config_pb2.ModelInput(name="X", data_type=model_config_pb2.TYPE_FP32, dims=[4])])
+    assert [_described(t) for t in build_inputs(*grpc_answers_as_http(meta, config), "grpc")] == [("X", [4], "FP32")]
 
 
 def test_build_inputs_rejects_unknown():

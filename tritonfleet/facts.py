@@ -17,8 +17,10 @@ _SCRIPT = r"""
 echo "os_id=${ID:-unknown}"
 echo "os_version=${VERSION_ID:-unknown}"
 echo "os_name=${PRETTY_NAME:-unknown}"
-echo "init=$(cat /proc/1/comm 2>/dev/null)"
-py=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+read -r init </proc/1/comm 2>/dev/null; echo "init=$init"
+# python3 -> python3.N names the version without starting Python; anything else is asked
+py=$(readlink -f "$(command -v python3)" 2>/dev/null); py=${py##*/python}
+case $py in 3.[0-9]|3.[0-9][0-9]) ;; *) py=$(python3 -I -S -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null);; esac
 echo "python_version=$py"
 for m in apt-get dnf yum zypper; do command -v $m >/dev/null 2>&1 && { echo "pkg_mgr=${m%-get}"; break; }; done
 if command -v dpkg-query >/dev/null 2>&1; then
@@ -30,13 +32,12 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader,nounits 2>/dev/null \
     | sed 's/^/gpu=/'
 fi
-echo "disk_free_kb=$(df -Pk /opt 2>/dev/null | awk 'NR==2 {print $4}')"
-echo "shm_kb=$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $2}')"
+df -Pk /opt /dev/shm 2>/dev/null | awk 'NR==2 {print "disk_free_kb=" $4} NR==3 {print "shm_kb=" $2}'
 getent passwd "$TF_USER" >/dev/null 2>&1 && echo "user_exists=yes"
 echo "live_release=$(readlink "$TF_ROOT" 2>/dev/null)"
 [ -e "$TF_ROOT" ] && [ ! -L "$TF_ROOT" ] && echo "root_is_unmanaged=yes"
 for d in "$TF_RELEASES"/*/; do
-  [ -f "$d$TF_MARKER" ] && echo "release=$(basename "$d")"
+  [ -f "$d$TF_MARKER" ] && { d=${d%/}; echo "release=${d##*/}"; }
 done
 stub="$TF_ROOT/$TF_STUB"
 if [ -n "$py" ] && [ -e "$stub" ]; then
@@ -45,14 +46,26 @@ fi
 echo "live_models=$(readlink "$TF_MODELS" 2>/dev/null)"
 if [ -d "$TF_MODELS/" ]; then echo "live_models_manifest=$(cd "$TF_MODELS/" && sh -c "$TF_MANIFEST")"; fi
 [ -e "$TF_MODELS" ] && [ ! -L "$TF_MODELS" ] && echo "models_is_unmanaged=yes"
-for d in "$TF_STORE"/*/; do [ -d "$d" ] && echo "model_repo=$(basename "$d")"; done
+for d in "$TF_STORE"/*/; do [ -d "$d" ] && { d=${d%/}; echo "model_repo=${d##*/}"; }; done
 [ -f "$TF_HISTORY" ] && sed 's/^/history=/' "$TF_HISTORY"
-echo "unit_sha256=$(sha256sum "$TF_UNIT" 2>/dev/null | cut -d' ' -f1)"
-systemctl show "$TF_SERVICE" -p ActiveState -p SubState -p MainPID -p UnitFileState -p NRestarts \
-  -p NeedDaemonReload -p LoadState 2>/dev/null | sed 's/^/service_/'
-pid=$(systemctl show "$TF_SERVICE" -p MainPID --value 2>/dev/null)
+unit_sha256=
+[ -f "$TF_UNIT" ] && { set -- $(sha256sum "$TF_UNIT" 2>/dev/null); unit_sha256=$1; }
+echo "unit_sha256=$unit_sha256"
+# one systemctl call: its answer is read line by line by the shell itself
+pid= since=
+service=$(systemctl show "$TF_SERVICE" -p ActiveState -p SubState -p MainPID -p UnitFileState -p NRestarts \
+  -p NeedDaemonReload -p LoadState -p ActiveEnterTimestamp 2>/dev/null)
+while IFS='=' read -r key value; do
+  case $key in
+    '') continue ;;
+    MainPID) pid=$value ;;
+    ActiveEnterTimestamp) since=$value; continue ;;
+  esac
+  echo "service_$key=$value"
+done <<SERVICE
+$service
+SERVICE
 if [ -n "$pid" ] && [ "$pid" != 0 ]; then echo "server_cmdline=$(tr '\0\n' '  ' < /proc/$pid/cmdline)"; fi
-since=$(systemctl show "$TF_SERVICE" -p ActiveEnterTimestamp --value 2>/dev/null)
 if [ -n "$since" ]; then echo "service_UptimeSeconds=$(( $(date +%s) - $(date -d "$since" +%s) ))"; fi
 """
 

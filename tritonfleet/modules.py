@@ -372,9 +372,9 @@ def template(ctx, args) -> Outcome:
     src = Path(args["src"])
     src = src if src.is_absolute() else REPO_ROOT / "templates" / src
     dest = str(args["dest"])
-    from .playbook import JINJA
+    from .playbook import compiled_template
     try:
-        wanted = JINJA.from_string(src.read_text()).render(ctx.vars)
+        wanted = compiled_template(src.read_text()).render(ctx.vars)
     except OSError as exc:
         return Outcome(failed=True, msg=f"template {src}: {exc.strerror}")
     if dest == triton.UNIT_PATH and hashlib.sha256(wanted.encode()).hexdigest() == ctx.facts.unit_sha256:

@@ -8,6 +8,7 @@ Handlers are known by name across the whole run and run once each, at `flush_han
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,17 @@ def make_environment() -> jinja2.Environment:
 
 
 JINJA = make_environment()
+
+
+@functools.lru_cache(maxsize=512)
+def compiled_template(source: str) -> jinja2.Template:
+    """A template compiled once per run, not once per host and step (compiling is most of rendering)."""
+    return JINJA.from_string(source)
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled_expression(source: str):
+    return JINJA.compile_expression(source, undefined_to_none=False)
 
 
 @dataclass
@@ -241,8 +253,8 @@ def render(value, context: dict):
             return value
         stripped = value.strip()
         if stripped.startswith("{{") and stripped.endswith("}}") and stripped.count("{{") == 1:
-            return JINJA.compile_expression(stripped[2:-2].strip(), undefined_to_none=False)(**context)
-        return JINJA.from_string(value).render(context)
+            return _compiled_expression(stripped[2:-2].strip())(**context)
+        return compiled_template(value).render(context)
     if isinstance(value, dict):
         return {k: render(v, context) for k, v in value.items()}
     if isinstance(value, list):
@@ -255,7 +267,7 @@ def evaluate_when(conditions: list, context: dict) -> bool:
         if isinstance(cond, bool):
             ok = cond
         else:
-            ok = bool(JINJA.compile_expression(str(cond), undefined_to_none=False)(**context))
+            ok = bool(_compiled_expression(str(cond))(**context))
         if not ok:
             return False
     return True
