@@ -10,15 +10,46 @@ server would catch them.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
-from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig, ModelInstanceGroup
 
 from tritonfleet.errors import TritonfleetError
+
+
+def _model_config_schema():
+    """tritonclient's `model_config_pb2`, loaded without running `tritonclient.grpc`'s __init__.
+
+    That __init__ imports grpc and numpy, a quarter of the start-up of every run, only to validate
+    configs before any host is touched. The module is registered under its own name, so a later
+    `import tritonclient.grpc` (the smoke test) reuses it instead of loading the schema twice.
+    """
+    name = "tritonclient.grpc.model_config_pb2"
+    if name not in sys.modules:
+        package = importlib.util.find_spec("tritonclient")
+        path = Path(package.origin).parent / "grpc" / "model_config_pb2.py" if package and package.origin else None
+        if path is None or not path.is_file():
+            importlib.import_module(name)  # another layout: the plain import
+        else:
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+    return sys.modules[name]
+
+
+_SCHEMA = _model_config_schema()
+DataType, ModelConfig, ModelInstanceGroup = _SCHEMA.DataType, _SCHEMA.ModelConfig, _SCHEMA.ModelInstanceGroup
 
 CONFIG_NAME = "config.pbtxt"
 
