@@ -97,12 +97,18 @@ def test_unknown_host_and_group(fault_log):
               "exit 2, the error names the hosts/groups that exist")
 
 
-def test_error_text_with_brackets_is_printed_not_parsed_as_markup(tmp_path):
+def refused_input(tmp_path, gpu08_vars: str, task: str):
+    """Run `task` on gpu08 with these host vars; it must be refused as bad input (exit 2, no traceback)."""
     inv = tmp_path / "hosts.yml"
-    inv.write_text("all:\n  hosts:\n    gpu08: {ansible_host: 10.213.0.18, x: '{{ [/bold] nope }}'}\n")
-    proc = invoke("deploy", "--host", "gpu08", "--inventory", str(inv))
+    inv.write_text(f"all:\n  hosts:\n    gpu08: {{ansible_host: 10.213.0.18, {gpu08_vars}}}\n")
+    proc = invoke(task, "--host", "gpu08", "--inventory", str(inv))
     assert proc.returncode == 2, show(proc)
     no_traceback(proc)
+    return proc
+
+
+def test_error_text_with_brackets_is_printed_not_parsed_as_markup(tmp_path):
+    refused_input(tmp_path, "x: '{{ [/bold] nope }}'", "deploy")
 
 
 def test_non_numeric_forks():
@@ -113,11 +119,7 @@ def test_non_numeric_forks():
 
 
 def test_doctor_refuses_a_bad_inventory_value_before_touching_a_host(tmp_path):
-    # An address nothing answers on: if the doctor tried the host, it would say UNREACHABLE instead.
-    inv = tmp_path / "hosts.yml"
-    inv.write_text("all:\n  hosts:\n    gpu08: {ansible_host: 10.213.0.18, triton_model_control_mode: sometimes}\n")
-    proc = invoke("doctor", "--host", "gpu08", "--inventory", str(inv))
-    assert proc.returncode == 2, show(proc)
-    no_traceback(proc)
+    # No lab key or known_hosts in this inventory: had the doctor tried the host, it would say UNREACHABLE.
+    proc = refused_input(tmp_path, "triton_model_control_mode: sometimes", "doctor")
     assert "host gpu08: triton_model_control_mode is 'sometimes'" in proc.stderr, show(proc)
     assert "UNREACHABLE" not in proc.stderr + proc.stdout
