@@ -188,4 +188,5 @@ def print_table(results: list[dict], markdown: bool, repeats: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with lab.exclusive("bench/compare.py"):
+        main()

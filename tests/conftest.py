@@ -57,6 +57,7 @@ def lab():
     if os.geteuid() != 0:
         pytest.skip("lab tests need root")
     handle = Lab()
-    yield handle
-    if os.environ.get("TRITONFLEET_KEEP_LAB") != "1":
-        handle.down()
+    with labmod.exclusive("pytest session", wait_s=900):
+        yield handle
+        if os.environ.get("TRITONFLEET_KEEP_LAB") != "1":
+            handle.down()

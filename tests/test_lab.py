@@ -12,6 +12,7 @@ import pytest
 
 from tritonfleet import lab as labmod
 from tritonfleet.errors import TritonfleetError
+from tritonfleet.paths import REPO_ROOT
 from conftest import LAB_HOSTS, ssh
 
 pytestmark = pytest.mark.lab
@@ -212,6 +213,16 @@ def test_reset_host_gives_a_clean_host(hosts):
     assert state.state in ("running", "degraded") and state.pid != old_pid
     assert ssh(h, "test -e /opt/dirty || test -e /root/dirty || test -e /opt/kept").returncode == 1
     assert _out(h, "hostname") == h.name      # same host keys: strict ssh still works
+
+
+def test_a_second_run_cannot_take_the_lab_from_this_one(hosts):
+    # This test session holds the lab: another run's teardown would take these hosts away mid-test.
+    proc = subprocess.run(["invoke", "lab.down"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"lab: in use by pid {os.getpid()} (pytest session)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _out(hosts[0], "hostname") == hosts[0].name
 
 
 def test_down_removes_everything_and_up_works_again(lab, hosts):

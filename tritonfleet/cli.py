@@ -189,14 +189,17 @@ def _lab_hosts(inventory, count: int):
 @clear_errors
 def lab_up_command(count, inventory=None) -> None:
     from . import lab
-    states = lab.up(_lab_hosts(inventory, count_option(count, "hosts")), progress=console.print)
+    hosts = _lab_hosts(inventory, count_option(count, "hosts"))
+    with lab.exclusive("invoke lab.up"):
+        states = lab.up(hosts, progress=console.print)
     _print_lab(states)
 
 
 @clear_errors
 def lab_down_command() -> None:
     from . import lab
-    lab.down(progress=console.print)
+    with lab.exclusive("invoke lab.down"):
+        lab.down(progress=console.print)
 
 
 @clear_errors

@@ -18,6 +18,7 @@ Needs root, debootstrap, systemd-container, iproute2, openssh-client, dpkg-dev.
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import glob
 import gzip
 import json
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -621,6 +623,40 @@ def _host_of(name: str) -> LabHost:
         raise TritonfleetError(f"lab: no lab host named {name!r}", file=str(HOSTS_DIR),
                                hint="bring it up first with lab.up")
     return LabHost(rec["name"], rec["address"])
+
+
+# Beside the state folder, not in it: lab.down removes that folder while holding the lock.
+LAB_LOCK = LAB_STATE_DIR.parent / "lab.lock"
+
+
+@contextmanager
+def exclusive(what: str, wait_s: float = 0.0):
+    """Hold the lab for one run (a test session, `invoke lab.up`, the benchmark).
+
+    Two runs on one machine share one bridge, fixed netns names and one state folder: one's teardown would
+    take the other's hosts away mid-test. An flock dies with its process, so a killed run never leaves a stale
+    lock. Waits up to wait_s, then names the holder. Taken by entry points only: the lab functions inside a
+    run do not take it again.
+    """
+    LAB_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(LAB_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another run"
+                    raise TritonfleetError(f"lab: in use by {holder}", file=str(LAB_LOCK),
+                                           hint="wait for that run to finish (the lock goes with its process)")
+                time.sleep(1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({what}) since {time.strftime('%H:%M:%S')}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def up(hosts: list[LabHost], progress: Callable[[str], None] = print) -> list[HostState]:
