@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import shlex
 import shutil
 import subprocess
 import threading
@@ -150,3 +152,67 @@ def test_models_diff_shows_what_a_sync_would_change(deployed, inventory, tmp_pat
     proc, report = invoke(inventory, "models.diff", "--models", str(repo))
     assert report["hosts"][0] == {"host": HOST, "added": [], "removed": [], "changed": {}, "error": ""}
     assert "up to date" in proc.stderr
+
+
+# A relocatable bin/activate (as conda-pack's is): Triton extracts the archive under /tmp/python_env_*/ and
+# sources this; the stub's embedded Python then finds the environment through python3 on PATH.
+RELOCATABLE_ACTIVATE = '''VIRTUAL_ENV="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export VIRTUAL_ENV
+PATH="$VIRTUAL_ENV/bin:$PATH"
+export PATH
+'''
+
+ENV_PROBE_CONFIG = '''name: "env_probe"
+backend: "python"
+max_batch_size: 0
+input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "WHERE" data_type: TYPE_STRING dims: [ 1 ] } ]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+parameters: { key: "EXECUTION_ENV_PATH", value: { string_value: "$$TRITON_MODEL_DIRECTORY/env.tar.gz" } }
+'''
+
+ENV_PROBE_MODEL = '''import sys
+
+import numpy as np
+import tfenvprobe  # only in the packed environment
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        where = np.array([f"{tfenvprobe.WHERE}|{sys.prefix}".encode()], dtype=np.object_)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("WHERE", where)]) for _ in requests]
+'''
+
+
+def packed_environment() -> bytes:
+    """A venv made with the host's python3, holding a module the host lacks, packed as Triton wants it."""
+    script = (
+        "set -e; rm -rf /tmp/tfenv; python3 -m venv --without-pip --system-site-packages /tmp/tfenv/env; "
+        "echo 'WHERE = \"packed environment\"' > $(echo /tmp/tfenv/env/lib/python3*/site-packages)/tfenvprobe.py; "
+        f"printf %s {shlex.quote(RELOCATABLE_ACTIVATE)} > /tmp/tfenv/env/bin/activate; "
+        "tar -C /tmp/tfenv/env -czf /tmp/tfenv/env.tar.gz . && base64 -w0 /tmp/tfenv/env.tar.gz && rm -rf /tmp/tfenv")
+    proc = ssh(ADDRESS, script)
+    assert proc.returncode == 0, proc.stderr
+    return base64.b64decode(proc.stdout)
+
+
+def test_model_with_its_own_packed_environment_loads_and_answers_from_it(deployed, inventory, tmp_path):
+    assert ssh(ADDRESS, "python3 -c 'import tfenvprobe'").returncode != 0  # the host itself lacks the module
+    repo = repo_with_offset(tmp_path, "with_env", 0)
+    model = repo / "env_probe"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(ENV_PROBE_CONFIG)
+    (model / "1" / "model.py").write_text(ENV_PROBE_MODEL)
+    (model / "env.tar.gz").write_bytes(packed_environment())
+    pid = server_pid()
+    proc, report = invoke(inventory, "sync-models", "--models", str(repo))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "load env_probe" in proc.stderr
+    client = httpclient.InferenceServerClient(f"{ADDRESS}:8000", connection_timeout=5, network_timeout=10)
+    probe = httpclient.InferInput("IN", [1], "INT32")
+    probe.set_data_from_numpy(np.array([1], dtype=np.int32))
+    where, prefix = client.infer("env_probe", [probe]).as_numpy("WHERE")[0].decode().split("|")
+    assert where == "packed environment"
+    assert prefix.startswith("/tmp/python_env_")  # Triton's extraction of the archive, not the host's Python
+    assert server_pid() == pid
