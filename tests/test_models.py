@@ -349,13 +349,18 @@ def test_special_file_is_refused(tmp_path):
     assert p.model == "m" and p.file.endswith("m/1/pipe")
 
 
-def packed_env(path: Path, python: str = "3.11", activate: bool = True) -> None:
+RELOCATABLE_ACTIVATE = 'VIRTUAL_ENV="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"\nexport VIRTUAL_ENV\n'
+
+
+def packed_env(path: Path, python: str = "3.11", activate: str | None = RELOCATABLE_ACTIVATE) -> None:
     import io
     import tarfile
     with tarfile.open(path, "w:gz") as tar:
-        members = [f"lib/python{python}/site-packages/extra.py"] + (["bin/activate"] if activate else [])
-        for name in members:
-            data = b"# packed\n"
+        members = {f"lib/python{python}/site-packages/extra.py": "# packed\n"}
+        if activate is not None:
+            members["./bin/activate"] = activate
+        for name, text in members.items():
+            data = text.encode()
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -374,7 +379,11 @@ def test_execution_env_python_version_is_read_from_the_archive(tmp_path):
 @pytest.mark.parametrize("value, make, needle", [
     ("/opt/envs/env.tar.gz", None, "outside the model folder"),
     ("$$TRITON_MODEL_DIRECTORY/env.tar.gz", None, "archive is missing"),
-    ("$$TRITON_MODEL_DIRECTORY/env.tar.gz", dict(activate=False), "no bin/activate"),
+    ("$$TRITON_MODEL_DIRECTORY/env.tar.gz", dict(activate=None), "no bin/activate"),
+    # what `python3 -m venv /build/env` writes: the folder is gone once Triton extracts the archive elsewhere
+    ("$$TRITON_MODEL_DIRECTORY/env.tar.gz", dict(activate='deactivate nondestructive\nVIRTUAL_ENV="/build/env"\n'
+                                                         'export VIRTUAL_ENV\n'),
+     "bin/activate names the folder the environment was made in (/build/env)"),
 ])
 def test_execution_env_problems(tmp_path, value, make, needle):
     d = python_model(tmp_path, "m", config=PY_CONFIG.format(name="m") + ENV_PARAM.format(value=value))

@@ -405,6 +405,8 @@ def _check_model(folder: str, model_dir: Path, root: Path, shown: _Collector,
 
 
 _ENV_PYTHON = re.compile(r"^(?:\./)?lib/python(3\.\d+)/")
+# What `python -m venv` writes into bin/activate: the absolute folder it was made in.
+_HARDCODED_VENV = re.compile(r"^\s*(?:export\s+)?VIRTUAL_ENV=[\"']?(/[^\"'\s]*)", re.MULTILINE)
 
 
 def _check_execution_env(folder: str, model_dir: Path, config: ModelConfig, config_rel: Path, text: str,
@@ -426,16 +428,26 @@ def _check_execution_env(folder: str, model_dir: Path, config: ModelConfig, conf
                   "pack the environment (conda-pack) into that file")
         return ""
     import tarfile
+    activate = None
     try:
         with tarfile.open(archive, "r:*") as tar:
             names = tar.getnames()
+            member = next((m for m in tar.getmembers() if m.name.lstrip("./") == "bin/activate" and m.isfile()), None)
+            if member is not None:
+                activate = tar.extractfile(member).read(1 << 16).decode(errors="replace")
     except (tarfile.TarError, OSError) as exc:
         shown.add(folder, rel, None, f"the EXECUTION_ENV_PATH archive cannot be read: {exc}",
                   "pack it again as a .tar.gz (conda-pack)")
         return ""
-    if not any(n.lstrip("./") == "bin/activate" for n in names):
+    if activate is None:
         shown.add(folder, rel, None, "the packed environment has no bin/activate, which Triton sources",
                   "pack a whole environment (conda-pack), not a folder of packages")
+    elif built_in := _HARDCODED_VENV.search(activate):
+        shown.add(folder, rel, None, f"bin/activate names the folder the environment was made in "
+                  f"({built_in.group(1)}); Triton extracts the archive under /tmp/python_env_*/ and sources it "
+                  "there, so the model would run without the environment (`No module named ...`)",
+                  "pack it with conda-pack, whose activate finds its own folder, or make bin/activate set "
+                  'VIRTUAL_ENV from its own location: VIRTUAL_ENV="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"')
     versions = sorted({m.group(1) for m in map(_ENV_PYTHON.match, names) if m})
     if len(versions) != 1:
         shown.add(folder, rel, None, "cannot tell the packed environment's Python version "
