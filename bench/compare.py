@@ -55,13 +55,11 @@ def cpu_ticks() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def split(times: dict) -> dict[str, float]:
+def split(times: dict[str, dict[str, float]], cpu: float) -> dict[str, float]:
     """Median over hosts of each category's seconds, and the share of the machine's CPU the run used."""
-    hosts = [t for name, t in times.items() if name != "_cpu"]
     cats = ("transfer", "remote", "ready")
-    result = {c: statistics.median(t.get(c, 0.0) for t in hosts) if hosts else 0.0 for c in cats}
-    result["cpu"] = times.get("_cpu", 0.0)
-    return result
+    return {**{c: statistics.median(t.get(c, 0.0) for t in times.values()) if times else 0.0 for c in cats},
+            "cpu": cpu}
 
 
 def run_tritonfleet(hosts: list[str], models: Path) -> tuple[float, dict]:
@@ -146,8 +144,8 @@ def main() -> None:
                         else:
                             wall, times = run_ansible(names, models, extra, workdir)
                         busy1, total1 = cpu_ticks()
-                        times["_cpu"] = (busy1 - busy0) / max(1, total1 - total0)
-                        samples[(tool, scenario)].append((wall, veth_bytes(names) - sent, split(times)))
+                        cpu = (busy1 - busy0) / max(1, total1 - total0)
+                        samples[(tool, scenario)].append((wall, veth_bytes(names) - sent, split(times, cpu)))
                         print(f"hosts={n} repeat={r} {tool:<11} {scenario:<15} {wall:6.1f} s", file=sys.stderr)
             for scenario in SCENARIOS:
                 row = {"hosts": n, "scenario": scenario}

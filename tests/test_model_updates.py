@@ -16,6 +16,7 @@ import tritonclient.http as httpclient
 
 from conftest import ssh
 from labkit import write_inventory
+from tritonfleet.models import RELOCATABLE_VIRTUAL_ENV
 from tritonfleet.paths import REPO_ROOT
 
 pytestmark = pytest.mark.lab
@@ -156,7 +157,7 @@ def test_models_diff_shows_what_a_sync_would_change(deployed, inventory, tmp_pat
 
 # A relocatable bin/activate (as conda-pack's is): Triton extracts the archive under /tmp/python_env_*/ and
 # sources this; the stub's embedded Python then finds the environment through python3 on PATH.
-RELOCATABLE_ACTIVATE = '''VIRTUAL_ENV="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RELOCATABLE_ACTIVATE = f'''{RELOCATABLE_VIRTUAL_ENV}
 export VIRTUAL_ENV
 PATH="$VIRTUAL_ENV/bin:$PATH"
 export PATH

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tritonfleet.errors import TritonfleetError
-from tritonfleet.models import ModelRepositoryError, Problem, validate_repository
+from tritonfleet.models import RELOCATABLE_VIRTUAL_ENV, ModelRepositoryError, Problem, validate_repository
 from tritonfleet.paths import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "examples" / "models"
@@ -349,7 +349,7 @@ def test_special_file_is_refused(tmp_path):
     assert p.model == "m" and p.file.endswith("m/1/pipe")
 
 
-RELOCATABLE_ACTIVATE = 'VIRTUAL_ENV="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"\nexport VIRTUAL_ENV\n'
+RELOCATABLE_ACTIVATE = f"{RELOCATABLE_VIRTUAL_ENV}\nexport VIRTUAL_ENV\n"
 
 
 def packed_env(path: Path, python: str = "3.11", activate: str | None = RELOCATABLE_ACTIVATE) -> None:

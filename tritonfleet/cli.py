@@ -118,19 +118,17 @@ def doctor_command(*, host=None, group=None, fix=False, json_output=False, inven
         if r.unreachable:
             out.print(f"[bold red]{r.host}: UNREACHABLE[/bold red] {escape(r.unreachable)}")
             continue
-        if r.before is None:
-            out.print(f"[bold red]{r.host}: FAILED[/bold red] the doctor could not finish: {escape(r.error)}")
-            continue
-        out.print(f"[bold]{escape(doctor.summary(r.before))}[/bold]")
-        out.print(escape(doctor.render(r.before)) or "  no findings")
+        if r.before is not None:
+            out.print(f"[bold]{escape(doctor.summary(r.before))}[/bold]")
+            out.print(escape(doctor.render(r.before)) or "  no findings")
         if r.fixes:
             out.print(f"[bold]{r.host}: --fix applied:[/bold]")
             out.print(escape("\n".join(f"  - {f}" for f in r.fixes)))
             out.print(f"[bold]after the fixes, {escape(doctor.summary(r.after))}[/bold]")
             out.print(escape(doctor.render(r.after, include_info=False)) or "  no findings")
-        elif fix and r.before.errors and not r.error:
+        elif fix and r.before is not None and r.before.errors and not r.error:
             out.print(f"{r.host}: no safe fix applies; the fixes above need a person")
-        if r.error:
+        if r.error:  # the doctor could not finish: before or during the fixes
             out.print(f"[bold red]{r.host}: FAILED[/bold red] the doctor could not finish: {escape(r.error)}")
     if json_output:
         json.dump({"ok": not any(r.failed for r in reports), "hosts": [r.as_dict() for r in reports]},

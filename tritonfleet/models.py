@@ -407,6 +407,8 @@ def _check_model(folder: str, model_dir: Path, root: Path, shown: _Collector,
 _ENV_PYTHON = re.compile(r"^(?:\./)?lib/python(3\.\d+)/")
 # What `python -m venv` writes into bin/activate: the absolute folder it was made in.
 _HARDCODED_VENV = re.compile(r"^\s*(?:export\s+)?VIRTUAL_ENV=[\"']?(/[^\"'\s]*)", re.MULTILINE)
+# The line that makes a venv's bin/activate find its own folder, wherever Triton extracts it (conda-pack's does so).
+RELOCATABLE_VIRTUAL_ENV = 'VIRTUAL_ENV="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"'
 
 
 def _check_execution_env(folder: str, model_dir: Path, config: ModelConfig, config_rel: Path, text: str,
@@ -431,8 +433,9 @@ def _check_execution_env(folder: str, model_dir: Path, config: ModelConfig, conf
     activate = None
     try:
         with tarfile.open(archive, "r:*") as tar:
-            names = tar.getnames()
-            member = next((m for m in tar.getmembers() if m.name.lstrip("./") == "bin/activate" and m.isfile()), None)
+            members = tar.getmembers()
+            names = [m.name for m in members]
+            member = next((m for m in members if m.name.lstrip("./") == "bin/activate" and m.isfile()), None)
             if member is not None:
                 activate = tar.extractfile(member).read(1 << 16).decode(errors="replace")
     except (tarfile.TarError, OSError) as exc:
@@ -447,7 +450,7 @@ def _check_execution_env(folder: str, model_dir: Path, config: ModelConfig, conf
                   f"({built_in.group(1)}); Triton extracts the archive under /tmp/python_env_*/ and sources it "
                   "there, so the model would run without the environment (`No module named ...`)",
                   "pack it with conda-pack, whose activate finds its own folder, or make bin/activate set "
-                  'VIRTUAL_ENV from its own location: VIRTUAL_ENV="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"')
+                  f"VIRTUAL_ENV from its own location: {RELOCATABLE_VIRTUAL_ENV}")
     versions = sorted({m.group(1) for m in map(_ENV_PYTHON.match, names) if m})
     if len(versions) != 1:
         shown.add(folder, rel, None, "cannot tell the packed environment's Python version "

@@ -377,7 +377,8 @@ def template(ctx, args) -> Outcome:
         wanted = compiled_template(src.read_text()).render(ctx.vars)
     except OSError as exc:
         return Outcome(failed=True, msg=f"template {src}: {exc.strerror}")
-    if dest == triton.UNIT_PATH and hashlib.sha256(wanted.encode()).hexdigest() == ctx.facts.unit_sha256:
+    unit_sha256 = hashlib.sha256(wanted.encode()).hexdigest() if dest == triton.UNIT_PATH else None
+    if unit_sha256 and unit_sha256 == ctx.facts.unit_sha256:
         return Outcome(msg=f"{dest} up to date")  # the facts carry the unit's checksum: no need to read it
     current = ctx.conn.run(f"cat {q(dest)} 2>/dev/null", check=False).stdout
     if current == wanted:
@@ -387,9 +388,8 @@ def template(ctx, args) -> Outcome:
     if not ctx.check:
         ctx.conn.put_text(wanted, dest, mode=str(args.get("mode", "0644")), owner=str(args.get("owner", "root")),
                           group=str(args.get("group", "root")))
-        if dest == triton.UNIT_PATH:
-            ctx.facts.unit_sha256 = hashlib.sha256(wanted.encode()).hexdigest()
-            ctx.facts.service_stale = True
+        if unit_sha256:
+            ctx.facts.unit_sha256, ctx.facts.service_stale = unit_sha256, True
     return _would(ctx, f"write {dest}", diff=diff)
 
 
