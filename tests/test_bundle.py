@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tritonfleet import bundle as bmod
-from tritonfleet.bundle import (PYTRITON_SHA256, PYTRITON_WHEEL, Bundle, build_bundle,
+from tritonfleet.triton import bundle as bmod
+from tritonfleet.triton.bundle import (PYTRITON_SHA256, PYTRITON_WHEEL, Bundle, build_bundle,
                                 default_bundle, elf_dynamic, load_bundle, stub_python_version)
 from tritonfleet.errors import TritonfleetError
 

@@ -5,7 +5,7 @@ import textwrap
 import pytest
 
 from tritonfleet.errors import InventoryError
-from tritonfleet.inventory import DEFAULT_INVENTORY, load_inventory
+from tritonfleet.engine.inventory import DEFAULT_INVENTORY, load_inventory
 
 
 def write(root, rel, text):

@@ -52,8 +52,8 @@ def test_strict_ssh_reaches_each_host(hosts):
 
 def test_engine_connection_checks_host_keys_strictly(hosts, tmp_path):
     """The engine's Fabric connection reaches lab hosts through the inventory's known_hosts only."""
-    from tritonfleet.connection import HostConnection, Unreachable
-    from tritonfleet.inventory import DEFAULT_INVENTORY, Host, load_inventory
+    from tritonfleet.engine.connection import HostConnection, Unreachable
+    from tritonfleet.engine.inventory import DEFAULT_INVENTORY, Host, load_inventory
 
     inv = load_inventory(DEFAULT_INVENTORY)
     for h in hosts:

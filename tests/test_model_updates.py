@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 
 from conftest import ssh
 from labkit import write_inventory
-from tritonfleet.models import RELOCATABLE_VIRTUAL_ENV
+from tritonfleet.triton.models import RELOCATABLE_VIRTUAL_ENV
 from tritonfleet.paths import REPO_ROOT
 
 pytestmark = pytest.mark.lab

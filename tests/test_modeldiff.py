@@ -1,6 +1,6 @@
 """rsync's itemized changes become models added, removed and changed."""
 
-from tritonfleet.modeldiff import ModelDiff, parse_itemized
+from tritonfleet.fleet.modeldiff import ModelDiff, parse_itemized
 
 
 def test_itemized_changes_sorted_by_model():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tritonfleet.errors import TritonfleetError
-from tritonfleet.models import RELOCATABLE_VIRTUAL_ENV, ModelRepositoryError, Problem, validate_repository
+from tritonfleet.triton.models import RELOCATABLE_VIRTUAL_ENV, ModelRepositoryError, Problem, validate_repository
 from tritonfleet.paths import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "examples" / "models"
@@ -395,8 +395,8 @@ def test_execution_env_problems(tmp_path, value, make, needle):
 def test_preflight_refuses_env_python_that_does_not_match_the_host(tmp_path):
     from types import SimpleNamespace
 
-    from tritonfleet.facts import Facts
-    from tritonfleet.triton import preflight_problems
+    from tritonfleet.triton.facts import Facts
+    from tritonfleet.triton.layout import preflight_problems
     d = python_model(tmp_path, "m", config=PY_CONFIG.format(name="m") +
                      ENV_PARAM.format(value="$$TRITON_MODEL_DIRECTORY/env.tar.gz"))
     packed_env(d / "env.tar.gz", "3.10")

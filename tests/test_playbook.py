@@ -4,13 +4,13 @@ import textwrap
 
 import pytest
 
-from tritonfleet import triton
+from tritonfleet.triton import layout
 from tritonfleet.errors import PlaybookError, TritonfleetError
 from tritonfleet.modules import MODULES
 from tritonfleet.paths import REPO_ROOT
-from tritonfleet.playbook import evaluate_when, load_playbook, render, systemd_quote
-from tritonfleet.runner import _known_vars, host_vars
-from tritonfleet.inventory import Host
+from tritonfleet.engine.playbook import evaluate_when, load_playbook, render, systemd_quote
+from tritonfleet.engine.runner import _known_vars, host_vars
+from tritonfleet.engine.inventory import Host
 
 
 def book(tmp_path, text, name="play.yml"):
@@ -104,10 +104,10 @@ def test_systemd_quote_neutralises_specifiers_and_spaces():
 
 
 def test_python_packages_per_family():
-    assert triton.python_packages("apt", "3.11") == ["libpython3.11", "python3-numpy", "rsync"]
-    assert "python3-libs" in triton.python_packages("dnf", "3.9")
+    assert layout.python_packages("apt", "3.11") == ["libpython3.11", "python3-numpy", "rsync"]
+    assert "python3-libs" in layout.python_packages("dnf", "3.9")
     with pytest.raises(TritonfleetError, match="no known package manager"):
-        triton.python_packages("", "3.11")
+        layout.python_packages("", "3.11")
 
 
 def test_hostile_service_user_name_is_refused_before_anything_runs():

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import LAB_HOSTS, ssh
 from labkit import write_inventory
-from tritonfleet import hostlock, lab as labmod
+from tritonfleet.engine import hostlock
+from tritonfleet import lab as labmod
 from tritonfleet.paths import REPO_ROOT
 
 pytestmark = pytest.mark.lab

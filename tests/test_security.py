@@ -14,8 +14,8 @@ import pytest
 
 from labkit import ADDRESSES, ensure_mine, fault_log, invoke, on_host, report_of, show, write_inventory  # noqa: F401
 from tritonfleet import lab as labmod
-from tritonfleet.connection import HostConnection
-from tritonfleet.inventory import load_inventory
+from tritonfleet.engine.connection import HostConnection
+from tritonfleet.engine.inventory import load_inventory
 from tritonfleet.paths import REPO_ROOT
 
 pytestmark = pytest.mark.lab

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tritonfleet import doctor, signatures, triton
-from tritonfleet.signatures import BY_ID, SIGNATURES
+from tritonfleet.triton import doctor
+from tritonfleet.triton import signatures
+from tritonfleet.triton import layout
+from tritonfleet.triton.signatures import BY_ID, SIGNATURES
 
 # The real lines from docs/notes (triton-on-bare-metal.md) and from the lab's tritonserver 2.51.0, each with the
 # signature it must map to. A new row in the table brings its own `example`; these pin the notes' failure tables.
@@ -122,7 +124,7 @@ def evidence(**over) -> str:
 
 def run_checks(output: str) -> doctor.Diagnosis:
     ev = doctor.parse_evidence(output)
-    c = doctor._Context(ev, dict(triton.DEFAULT_VARS), "192.0.2.1", "h1")
+    c = doctor._Context(ev, dict(layout.DEFAULT_VARS), "192.0.2.1", "h1")
     d = doctor.Diagnosis("h1")
     for check in doctor.CHECKS:
         check(c, d)
@@ -201,7 +203,7 @@ def test_gpu_driver_and_cpu_only_kind_gpu():
     gpu_cfg = CONFIG.replace("KIND_CPU", "KIND_GPU")
     d = run_checks(evidence(**{"config add_sub": gpu_cfg}))
     assert any("KIND_GPU" in f.title for f in d.errors)
-    assert triton.driver_is_new_enough("525.60.13") and not triton.driver_is_new_enough("525.60.11")
+    assert layout.driver_is_new_enough("525.60.13") and not layout.driver_is_new_enough("525.60.11")
 
 
 def test_service_restart_loop_and_failed_state():

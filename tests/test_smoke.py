@@ -24,7 +24,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tritonfleet.paths import CACHE_DIR, REPO_ROOT
-from tritonfleet.smoke import (DYNAMIC_DIM, ModelSmoke, SkipInference, SmokeReport, build_inputs, grpc_answers_as_http,
+from tritonfleet.triton.smoke import (DYNAMIC_DIM, ModelSmoke, SkipInference, SmokeReport, build_inputs, grpc_answers_as_http,
                                smoke_test, wait_until_ready)
 
 EXAMPLES = REPO_ROOT / "examples" / "models"

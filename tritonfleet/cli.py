@@ -9,10 +9,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import TritonfleetError
-from .inventory import DEFAULT_INVENTORY, load_inventory
-from .paths import REPO_ROOT
-from .report import Reporter, redact
+from tritonfleet.errors import TritonfleetError
+from tritonfleet.engine.inventory import DEFAULT_INVENTORY, load_inventory
+from tritonfleet.paths import REPO_ROOT
+from tritonfleet.engine.report import Reporter, redact
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -55,7 +55,7 @@ def clear_errors(fn):
 @clear_errors
 def run_playbook_command(playbook: str, *, host=None, group=None, models=None, check=False, json_output=False,
                          inventory=None, bundle=None, forks=10, verbose=False) -> None:
-    from .runner import run_playbook
+    from tritonfleet.engine.runner import run_playbook
     inv = load_inventory(inventory or DEFAULT_INVENTORY)
     hosts = inv.select(host=host, group=group)
     extra = {"model_repository": models} if models else {}
@@ -71,7 +71,7 @@ def run_playbook_command(playbook: str, *, host=None, group=None, models=None, c
 @clear_errors
 def rollout_command(*, group=None, host=None, canary=1, batch="25%", max_fail="0", forks=10, models=None,
                     json_output=False, inventory=None, bundle=None, verbose=False) -> None:
-    from .rollout import rollout
+    from tritonfleet.fleet.rollout import rollout
     hosts = load_inventory(inventory or DEFAULT_INVENTORY).select(host=host, group=group)
     result = rollout(hosts, canary=count_option(canary, "canary", 0), batch=batch, max_fail=max_fail,
                      forks=count_option(forks, "forks"),
@@ -87,7 +87,7 @@ def rollout_command(*, group=None, host=None, canary=1, batch="25%", max_fail="0
 def status_command(*, group=None, host=None, models=None, json_output=False, inventory=None, bundle=None) -> None:
     import json
 
-    from .status import as_dicts, fleet_status
+    from tritonfleet.fleet.status import as_dicts, fleet_status
     hosts = load_inventory(inventory or DEFAULT_INVENTORY).select(host=host, group=group)
     rows = fleet_status(hosts, {"model_repository": models} if models else {}, bundle, progress=console.print)
     table = Table("host", "reachable", "triton", "release", "service", "uptime", "restarts", "models", "drift")
@@ -108,7 +108,7 @@ def doctor_command(*, host=None, group=None, fix=False, json_output=False, inven
     """Diagnose hosts (and with fix, repair what is safe); exit 1 while any error finding remains."""
     import json
 
-    from . import doctor
+    from tritonfleet.triton import doctor
     inv = load_inventory(inventory or DEFAULT_INVENTORY)
     hosts = inv.select(host=host, group=group)
     out = Console(stderr=json_output, highlight=False, soft_wrap=True)
@@ -143,9 +143,9 @@ def models_diff_command(*, host=None, group=None, models=None, json_output=False
     import dataclasses
     import json
 
-    from .modeldiff import diff_host
-    from .models import validate_repository
-    from .runner import host_vars
+    from tritonfleet.fleet.modeldiff import diff_host
+    from tritonfleet.triton.models import validate_repository
+    from tritonfleet.engine.runner import host_vars
     hosts = load_inventory(inventory or DEFAULT_INVENTORY).select(host=host, group=group)
     diffs = []
     for h in hosts:
@@ -170,13 +170,13 @@ def models_diff_command(*, host=None, group=None, models=None, json_output=False
 
 @clear_errors
 def bundle_command(source=None) -> None:
-    from .bundle import resolve_bundle
+    from tritonfleet.triton.bundle import resolve_bundle
     b = resolve_bundle(source, progress=console.print)
     print(f"{b.bundle_id}  {b.path}  sha256={b.sha256}  python={','.join(b.python_versions)}")
 
 
 def _lab_hosts(inventory, count: int):
-    from .lab import LabHost
+    from tritonfleet.lab import LabHost
     inv = load_inventory(inventory or DEFAULT_INVENTORY)
     hosts = inv.select(group="lab")
     if not 1 <= count <= len(hosts):
@@ -186,7 +186,7 @@ def _lab_hosts(inventory, count: int):
 
 @clear_errors
 def lab_up_command(count, inventory=None) -> None:
-    from . import lab
+    from tritonfleet import lab
     hosts = _lab_hosts(inventory, count_option(count, "hosts"))
     with lab.exclusive("invoke lab.up"):
         states = lab.up(hosts, progress=console.print)
@@ -195,14 +195,14 @@ def lab_up_command(count, inventory=None) -> None:
 
 @clear_errors
 def lab_down_command() -> None:
-    from . import lab
+    from tritonfleet import lab
     with lab.exclusive("invoke lab.down"):
         lab.down(progress=console.print)
 
 
 @clear_errors
 def lab_status_command() -> None:
-    from . import lab
+    from tritonfleet import lab
     states = lab.status()
     if not states:
         console.print("no lab hosts (bring them up with `invoke lab.up --hosts N`)")

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from .paths import REPO_ROOT
+from tritonfleet.paths import REPO_ROOT
 
 RECORDS = REPO_ROOT / "tests" / "faults.json"
 README = REPO_ROOT / "README.md"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import TritonfleetError
+from tritonfleet.errors import TritonfleetError
 
 
 class LineDict(dict):

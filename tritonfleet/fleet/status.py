@@ -7,11 +7,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from .connection import HostConnection, Unreachable
-from .errors import TritonfleetError
-from .facts import gather_facts
-from .paths import REPO_ROOT
-from .runner import prepare
+from tritonfleet.engine.connection import HostConnection, Unreachable
+from tritonfleet.errors import TritonfleetError
+from tritonfleet.triton.facts import gather_facts
+from tritonfleet.paths import REPO_ROOT
+from tritonfleet.engine.runner import prepare
 
 @dataclass
 class HostStatus:
@@ -30,7 +30,7 @@ class HostStatus:
 
 def _server(address: str, port: int) -> tuple[str, dict]:
     """Triton's version and every model's state, from the control machine (empty when it does not answer)."""
-    from .smoke import _host, _index, _request
+    from tritonfleet.triton.smoke import _host, _index, _request
     base = f"http://{_host(address)}:{port}"
     try:
         status, body = _request(base + "/v2", timeout=5)

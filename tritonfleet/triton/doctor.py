@@ -5,7 +5,7 @@ process's argv, the /opt/tritonserver layout, the stub (owner, `ldd` with the un
 the service user, /dev/shm, listening sockets, free disk, GPUs, the journal of the last run and the model
 repository (listing and config.pbtxt files). The repository index is read from the control machine with a short
 timeout (a server hung in loading does not slow the diagnosis). Every check below turns evidence into findings;
-what each failure means lives in `triton.py` (layout, defaults) and `signatures.py` (log lines, causes, fixes).
+what each failure means lives in `layout.py` (layout, defaults) and `signatures.py` (log lines, causes, fixes).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field
 
-from . import signatures, triton
-from .signatures import BY_ID
+from tritonfleet.triton import signatures
+from tritonfleet.triton import layout
+from tritonfleet.triton.signatures import BY_ID
 
 q = shlex.quote
 SEVERITIES = ("error", "warning", "info")
@@ -130,10 +131,10 @@ class Diagnosis:
 
 def evidence_command(hostvars: dict) -> str:
     env = {
-        "TF_SERVICE": triton.SERVICE, "TF_ROOT": triton.TRITON_ROOT, "TF_STUB": triton.STUB_PATH,
-        "TF_LIB": triton.LIB_DIR, "TF_USER": str(hostvars.get("triton_user", "triton")),
+        "TF_SERVICE": layout.SERVICE, "TF_ROOT": layout.TRITON_ROOT, "TF_STUB": layout.STUB_PATH,
+        "TF_LIB": layout.LIB_DIR, "TF_USER": str(hostvars.get("triton_user", "triton")),
         "TF_REPO": str(hostvars.get("triton_model_repository_path", "")), "TF_JOURNAL": str(JOURNAL_LINES),
-        "TF_FILES": " ".join(["bin/tritonserver", *triton.PYTHON_BACKEND_FILES, triton.STUB_IN_RELEASE]),
+        "TF_FILES": " ".join(["bin/tritonserver", *layout.PYTHON_BACKEND_FILES, layout.STUB_IN_RELEASE]),
     }
     assign = " ".join(f"{k}={q(v)}" for k, v in env.items())
     return f"{assign} sh -c {q(_SCRIPT)}"
@@ -185,7 +186,7 @@ def unit_argv(unit_text: str) -> list[str]:
 
 
 def _server_index(address: str, port: int, timeout: float) -> tuple[bool, list | None, str]:
-    from .smoke import _host, _index, _request
+    from tritonfleet.triton.smoke import _host, _index, _request
     base = f"http://{_host(address)}:{port}"
     try:
         status, _ = _request(f"{base}/v2/health/ready", timeout)
@@ -222,16 +223,16 @@ class _Context:
                 self.config_errors[name] = err
 
     def port(self, kind: str) -> int:
-        flag, var = triton.PORT_FLAGS[kind]
-        values = triton.flag_values(self.argv, flag)
+        flag, var = layout.PORT_FLAGS[kind]
+        values = layout.flag_values(self.argv, flag)
         try:
-            return int(values[-1]) if values else int(self.vars.get(var, triton.DEFAULT_PORTS[kind]))
+            return int(values[-1]) if values else int(self.vars.get(var, layout.DEFAULT_PORTS[kind]))
         except ValueError:
-            return triton.DEFAULT_PORTS[kind]
+            return layout.DEFAULT_PORTS[kind]
 
     def packages(self) -> list[str]:
         try:
-            return triton.python_packages(self.ev.values.get("pkg_mgr", ""), self.python or "3")
+            return layout.python_packages(self.ev.values.get("pkg_mgr", ""), self.python or "3")
         except Exception:
             return []
 
@@ -254,35 +255,35 @@ def _sig_finding(check: str, sig_id: str, title: str, evidence: list, **kw) -> F
 def check_service(c: _Context, d: Diagnosis) -> None:
     s = c.ev.service
     if s.get("LoadState") in ("not-found", "", None):
-        d.add(Finding("service", "error", f"{triton.SERVICE}.service is not installed",
+        d.add(Finding("service", "error", f"{layout.SERVICE}.service is not installed",
                       [f"LoadState={s.get('LoadState', '')}"], f"run `invoke deploy --host {c.host_name}`"))
         return
     state = f"ActiveState={s.get('ActiveState')} SubState={s.get('SubState')} Result={s.get('Result')} " \
             f"NRestarts={s.get('NRestarts')}"
     if s.get("ActiveState") == "failed" or (s.get("ActiveState") == "inactive" and s.get("UnitFileState") == "enabled"):
-        d.add(Finding("service", "error", f"{triton.SERVICE} is not running", [state],
+        d.add(Finding("service", "error", f"{layout.SERVICE} is not running", [state],
                       "fix the cause below, then restart it (`--fix` restarts it)", action="restart"))
     elif s.get("ActiveState") == "activating" and s.get("SubState") == "auto-restart":
-        d.add(Finding("service", "error", f"{triton.SERVICE} keeps exiting and systemd restarts it", [state],
+        d.add(Finding("service", "error", f"{layout.SERVICE} keeps exiting and systemd restarts it", [state],
                       "fix the cause below (the journal's last lines)", action="restart"))
     elif s.get("NRestarts", "0").isdigit() and int(s["NRestarts"]) > 0:
-        d.add(Finding("service", "warning", f"{triton.SERVICE} was restarted {s['NRestarts']} time(s) by systemd",
+        d.add(Finding("service", "warning", f"{layout.SERVICE} was restarted {s['NRestarts']} time(s) by systemd",
                       [state], "look at the journal for why it exited"))
 
 
 def check_layout(c: _Context, d: Diagnosis) -> None:
     root = c.ev.values.get("root_target", "")
-    missing = [f for f in ["bin/tritonserver", *triton.PYTHON_BACKEND_FILES] if f not in c.ev.files]
+    missing = [f for f in ["bin/tritonserver", *layout.PYTHON_BACKEND_FILES] if f not in c.ev.files]
     if missing:
-        d.add(Finding("layout", "error", f"{triton.TRITON_ROOT} is incomplete",
-                      [f"{triton.TRITON_ROOT} -> {root or '(missing)'}; missing: {', '.join(missing)}"],
+        d.add(Finding("layout", "error", f"{layout.TRITON_ROOT} is incomplete",
+                      [f"{layout.TRITON_ROOT} -> {root or '(missing)'}; missing: {', '.join(missing)}"],
                       f"run `invoke deploy --host {c.host_name}` (pushes the release and switches the link)"))
 
 
 def check_backend_directory(c: _Context, d: Diagnosis) -> None:
     seen = []
     for where, argv in (("process", c.proc_argv), ("unit", c.unit_argv)):
-        for value in triton.flag_values(argv, "--backend-directory"):
+        for value in layout.flag_values(argv, "--backend-directory"):
             seen.append((where, value))
     slashed = [(w, v) for w, v in seen if len(v) > 1 and v.endswith("/")]
     if slashed:
@@ -292,19 +293,19 @@ def check_backend_directory(c: _Context, d: Diagnosis) -> None:
                            [f"{w}: --backend-directory={v}" for w, v in slashed]))
         return
     for where, value in seen:
-        if triton.normalize_backend_directory(value) == triton.DEFAULT_BACKEND_DIRECTORY:
+        if layout.normalize_backend_directory(value) == layout.DEFAULT_BACKEND_DIRECTORY:
             d.add(Finding("backend_directory", "info", "--backend-directory is set to the compiled-in default",
                           [f"{where}: --backend-directory={value}"], "the flag is not needed; leave it out"))
         else:
             d.add(Finding("backend_directory", "warning", "--backend-directory is not the compiled-in default",
                           [f"{where}: --backend-directory={value}"],
                           f"the Python backend must be at <dir>/python; tritonfleet installs it under "
-                          f"{triton.DEFAULT_BACKEND_DIRECTORY}"))
+                          f"{layout.DEFAULT_BACKEND_DIRECTORY}"))
 
 
 def check_stub(c: _Context, d: Diagnosis) -> None:
-    if triton.STUB_IN_RELEASE not in c.ev.files:
-        d.add(Finding("stub", "error", "the Python backend stub is missing", [f"{triton.STUB_PATH}: not found"],
+    if layout.STUB_IN_RELEASE not in c.ev.files:
+        d.add(Finding("stub", "error", "the Python backend stub is missing", [f"{layout.STUB_PATH}: not found"],
                       f"run `invoke deploy --host {c.host_name}` (installs the stub for the host's Python)"))
         return
     ldd = c.ev.lines("ldd")
@@ -326,7 +327,7 @@ def check_stub(c: _Context, d: Diagnosis) -> None:
                                    fix=f"install {pkgs[0] if pkgs else f'the shared libpython{stub_py}'}"))
         elif "not found" in line:
             d.add(Finding("stub", "error", "a library the stub links is not found", [line.strip()],
-                          f"check {triton.LIB_DIR} (the unit's LD_LIBRARY_PATH) is the bundle's lib folder"))
+                          f"check {layout.LIB_DIR} (the unit's LD_LIBRARY_PATH) is the bundle's lib folder"))
     owner, _, mode = (c.ev.values.get("stub_stat") or "").partition(" ")
     if owner and owner != c.user:
         # The backend chmods the stub whenever its trial run fails, which only its owner may do: a stub the user
@@ -335,8 +336,8 @@ def check_stub(c: _Context, d: Diagnosis) -> None:
         d.add(_sig_finding("stub", "stub_permission",
                            f"the stub is owned by {owner}, not by the service user {c.user}"
                            + ("" if others_x else f", and {c.user} cannot execute it"),
-                           [f"stat {triton.STUB_PATH}: owner {owner}, mode {mode}"],
-                           fix=f"`chown {c.user}:{c.user} {triton.STUB_PATH}`",
+                           [f"stat {layout.STUB_PATH}: owner {owner}, mode {mode}"],
+                           fix=f"`chown {c.user}:{c.user} {layout.STUB_PATH}`",
                            severity="warning" if others_x else "error"))
 
 
@@ -378,7 +379,7 @@ def check_shm(c: _Context, d: Diagnosis) -> None:
                       "mount a tmpfs on /dev/shm: the Python backend needs it"))
         return
     total_kb, free_kb = map(int, parts)
-    settings = triton.python_shm_settings(c.argv)
+    settings = layout.python_shm_settings(c.argv)
     per = settings["shm-default-byte-size"]
     instances = _python_instances(c)
     needed = per * max(1, instances)
@@ -397,7 +398,7 @@ _SS = re.compile(r"^\S+\s+\d+\s+\d+\s+(\S+):(\d+)\s+\S+(?:\s+(.*))?$")
 
 
 def check_ports(c: _Context, d: Diagnosis) -> None:
-    wanted = {c.port(kind): kind for kind in triton.PORT_FLAGS}
+    wanted = {c.port(kind): kind for kind in layout.PORT_FLAGS}
     for line in c.ev.lines("ss"):
         m = _SS.match(line.strip())
         if not m or int(m.group(2)) not in wanted:
@@ -414,10 +415,10 @@ def check_ports(c: _Context, d: Diagnosis) -> None:
 
 def check_disk(c: _Context, d: Diagnosis) -> None:
     free = c.ev.values.get("disk_free_kb", "")
-    if free.isdigit() and int(free) < triton.FREE_DISK_MIN_KB:
+    if free.isdigit() and int(free) < layout.FREE_DISK_MIN_KB:
         d.add(Finding("disk", "warning", f"only {int(free) // 1024} MiB free in /opt",
                       [f"df -Pk /opt: {free} KiB available"],
-                      f"free space: a release needs about 1 GiB; old ones are in {triton.RELEASES_DIR}"))
+                      f"free space: a release needs about 1 GiB; old ones are in {layout.RELEASES_DIR}"))
 
 
 def check_gpus(c: _Context, d: Diagnosis) -> None:
@@ -433,10 +434,10 @@ def check_gpus(c: _Context, d: Diagnosis) -> None:
         return
     for line in c.gpus:
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 3 and not triton.driver_is_new_enough(parts[2]):
+        if len(parts) >= 3 and not layout.driver_is_new_enough(parts[2]):
             d.add(_sig_finding("gpu", "cuda_driver_insufficient",
-                               f"GPU {parts[0]} driver {parts[2]} is older than {triton.MIN_DRIVER_VERSION}, which "
-                               f"the bundle's CUDA {triton.BUNDLE_CUDA_VERSION} runtime needs", [line],
+                               f"GPU {parts[0]} driver {parts[2]} is older than {layout.MIN_DRIVER_VERSION}, which "
+                               f"the bundle's CUDA {layout.BUNDLE_CUDA_VERSION} runtime needs", [line],
                                severity="error"))
 
 
@@ -578,7 +579,7 @@ def apply_fixes(conn, host, hostvars: dict, diagnosis: Diagnosis, *, wait_s: flo
         elif wanted:
             done.append(f"cannot install {', '.join(wanted)}: no known package manager")
     if "chown_stub" in actions:
-        res = conn.run(f"chown {q(c.user)}:{q(c.user)} {q(triton.STUB_PATH)}", check=False)
+        res = conn.run(f"chown {q(c.user)}:{q(c.user)} {q(layout.STUB_PATH)}", check=False)
         done.append(f"chowned the stub to {c.user}" if res.ok else f"FAILED to chown the stub: {res.stderr.strip()}")
     if "backend_dir" in actions:
         paths = [p for p in [c.ev.service.get("FragmentPath", ""), *c.ev.service.get("DropInPaths", "").split()] if p]
@@ -593,11 +594,11 @@ def apply_fixes(conn, host, hostvars: dict, diagnosis: Diagnosis, *, wait_s: flo
                     "found no --backend-directory with a trailing slash in the unit files to edit")
     unfixable = [f for f in diagnosis.errors if not f.action]
     if done or ("restart" in actions and not unfixable):  # a restart cannot cure what a person must fix
-        svc = q(triton.SERVICE)
+        svc = q(layout.SERVICE)
         res = conn.run(f"systemctl daemon-reload && systemctl reset-failed {svc} 2>/dev/null; "
                        f"systemctl restart {svc}", check=False, timeout=180)
-        done.append(f"restarted {triton.SERVICE}" if res.ok else f"FAILED to restart: {res.stderr.strip()[-300:]}")
-        from .smoke import wait_until_ready
+        done.append(f"restarted {layout.SERVICE}" if res.ok else f"FAILED to restart: {res.stderr.strip()[-300:]}")
+        from tritonfleet.triton.smoke import wait_until_ready
         timeout = float(wait_s if wait_s is not None else min(120, float(hostvars.get("triton_ready_timeout", 180))))
         progress(f"waiting up to {timeout:.0f} s for readiness")
         t0 = time.monotonic()
@@ -683,9 +684,9 @@ def run_doctor(hosts: list, *, fix: bool = False, forks: int = 10, progress=lamb
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from .connection import HostConnection, Unreachable
-    from .errors import TritonfleetError
-    from .runner import checked_host_vars
+    from tritonfleet.engine.connection import HostConnection, Unreachable
+    from tritonfleet.errors import TritonfleetError
+    from tritonfleet.engine.runner import checked_host_vars
 
     all_vars = checked_host_vars(hosts)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import jinja2
 import jinja2.meta
 
-from .errors import PlaybookError
-from .yamlfile import line_of, load_yaml
+from tritonfleet.errors import PlaybookError
+from tritonfleet.yamlfile import line_of, load_yaml
 
 TASK_KEYWORDS = ("name", "when", "tags", "notify")
 PLAY_KEYWORDS = ("name", "hosts", "vars", "tasks", "handlers", "gather_facts")

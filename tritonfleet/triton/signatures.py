@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import REPO_ROOT
+from tritonfleet.paths import REPO_ROOT
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from . import releases, triton
-from .connection import RSYNC_ITEM
-from .errors import TritonfleetError
-from .paths import REPO_ROOT
+from tritonfleet.triton import releases
+from tritonfleet.triton import layout
+from tritonfleet.engine.connection import RSYNC_ITEM
+from tritonfleet.errors import TritonfleetError
+from tritonfleet.paths import REPO_ROOT
 
 q = shlex.quote
 
@@ -53,7 +54,7 @@ def _would(ctx, msg: str, **kw) -> Outcome:
 
 
 def triton_preflight(ctx, args) -> Outcome:
-    problems = triton.preflight_problems(ctx.facts, ctx.bundle, ctx.repository)
+    problems = layout.preflight_problems(ctx.facts, ctx.bundle, ctx.repository)
     if problems:
         return Outcome(failed=True, msg="; ".join(problems))
     return Outcome(msg=f"{ctx.facts.os_name}, python {ctx.facts.python_version}, {len(ctx.facts.gpus)} GPU(s)")
@@ -101,12 +102,12 @@ def triton_release(ctx, args) -> Outcome:
                                         f"release needs about {needed_kb // 1024} MiB")
     if ctx.check:
         return _would(ctx, f"push release {bundle.bundle_id} ({bundle.size // 2**20} MiB)")
-    final = triton.release_dir(bundle.bundle_id)
-    incoming = f"{triton.RELEASES_DIR}/.incoming-{bundle.bundle_id}"
+    final = layout.release_dir(bundle.bundle_id)
+    incoming = f"{layout.RELEASES_DIR}/.incoming-{bundle.bundle_id}"
     ctx.progress(f"pushing {bundle.bundle_id} ({bundle.size // 2**20} MiB)")
     script = (f"set -e; umask 022; rm -rf {q(incoming)} {q(final)}; mkdir -p {q(incoming)}; "
               f"tar -xzf - -C {q(incoming)} --no-same-owner; chmod -R go-w {q(incoming)}; "
-              f"echo {q(bundle.sha256)} > {q(incoming + '/' + triton.RELEASE_MARKER)}; "
+              f"echo {q(bundle.sha256)} > {q(incoming + '/' + layout.RELEASE_MARKER)}; "
               f"mv -T {q(incoming)} {q(final)}")
     try:
         ctx.conn.stream_file(bundle.path, script)
@@ -124,9 +125,9 @@ def python_stub(ctx, args) -> Outcome:
     model fails with 'Failed to give execute permission to triton_python_backend_stub'.
     """
     user = str(args["owner"])
-    release = triton.release_dir(ctx.bundle.bundle_id)
+    release = layout.release_dir(ctx.bundle.bundle_id)
     source = f"{release}/{ctx.bundle.stub_path(ctx.facts.python_version)}"
-    dest = f"{release}/{triton.STUB_IN_RELEASE}"
+    dest = f"{release}/{layout.STUB_IN_RELEASE}"
     if ctx.bundle.bundle_id not in ctx.facts.releases:
         state = []
     elif ctx.facts.live_release == release:
@@ -151,17 +152,17 @@ def _switch_link(ctx, link: str, target: str) -> None:
 
 def triton_link(ctx, args) -> Outcome:
     """Switch /opt/tritonserver to the release atomically (rename of a symlink); the old release stays."""
-    target = triton.release_dir(ctx.bundle.bundle_id)
+    target = layout.release_dir(ctx.bundle.bundle_id)
     if ctx.facts.root_is_unmanaged:
-        return Outcome(failed=True, msg=f"{triton.TRITON_ROOT} is a folder tritonfleet did not make: move it "
+        return Outcome(failed=True, msg=f"{layout.TRITON_ROOT} is a folder tritonfleet did not make: move it "
                                         "away (e.g. to /opt/tritonserver.orig) and run again; nothing was changed")
     if ctx.facts.live_release == target:
-        return Outcome(msg=f"{triton.TRITON_ROOT} -> {target}")
+        return Outcome(msg=f"{layout.TRITON_ROOT} -> {target}")
     previous = ctx.facts.live_release or "(none)"
     if not ctx.check:
-        _switch_link(ctx, triton.TRITON_ROOT, target)
+        _switch_link(ctx, layout.TRITON_ROOT, target)
         ctx.facts.live_release = target
-    return _would(ctx, f"switch {triton.TRITON_ROOT} from {previous} to {target}")
+    return _would(ctx, f"switch {layout.TRITON_ROOT} from {previous} to {target}")
 
 
 def local_manifest(root: str) -> str:
@@ -204,7 +205,7 @@ def model_repository(ctx, args) -> Outcome:
         ctx.conn.run(f"install -d -m 0755 {q(str(Path(store).parent))} && "
                      f"install -d -o root -g {q(group)} -m 0750 {q(store)}" +
                      ("" if staged else f" && rm -rf {q(dest)}"))
-    # The live repository as the facts saw it (triton.MANIFEST_COMMAND) against this one: no rsync needed.
+    # The live repository as the facts saw it (layout.MANIFEST_COMMAND) against this one: no rsync needed.
     if staged and ctx.facts.live_models == final and ctx.facts.live_models_manifest == local_manifest(src):
         return Outcome(msg=f"models {digest[:12]} live and unchanged")
     proc = ctx.conn.rsync(src, dest, options)
@@ -283,7 +284,7 @@ def models_reload(ctx, args) -> Outcome:
     if ctx.facts.server_mode != "explicit":
         return Outcome(changed=True, msg=f"switched {models_path}; no server in explicit mode runs yet: the "
                                          "(re)start that follows loads every model")
-    from .smoke import repository_control, smoke_test
+    from tritonfleet.triton.smoke import repository_control, smoke_test
     address, http_port, grpc_port = ctx.server_endpoint()
     control = repository_control(address, http_port)
     failures = control(unload=removed, load=changed)
@@ -318,7 +319,7 @@ def release_record(ctx, args) -> Outcome:
     history = releases.kept(releases.pushed(ctx.facts.history, release), int(args.get("keep", 3)))
     bundles = {r.bundle_id for r in history}
     digests = {r.models_digest for r in history}
-    stale = [triton.release_dir(b) for b in ctx.facts.releases if b not in bundles]
+    stale = [layout.release_dir(b) for b in ctx.facts.releases if b not in bundles]
     store = releases.models_store(str(args["dest"]).rstrip("/"))
     stale += [f"{store}/{d}" for d in ctx.facts.model_repos if d not in digests]
     if not ctx.check:
@@ -354,13 +355,13 @@ def release_rollback(ctx, args) -> Outcome:
     if target.bundle_id not in ctx.facts.releases or target.models_digest not in ctx.facts.model_repos:
         return Outcome(failed=True, msg=f"release {target.id} is no longer complete on the host")
     models_path = str(args["dest"]).rstrip("/")
-    tree = triton.release_dir(target.bundle_id)
+    tree = layout.release_dir(target.bundle_id)
     models = f"{releases.models_store(models_path)}/{target.models_digest}"
     current = ctx.facts.live.id if ctx.facts.live else "none"
     if (ctx.facts.live_release, ctx.facts.live_models, ctx.facts.history) == (tree, models, history):
         return Outcome(msg=f"release {target.id} is live")
     if not ctx.check:
-        _switch_link(ctx, triton.TRITON_ROOT, tree)
+        _switch_link(ctx, layout.TRITON_ROOT, tree)
         _switch_link(ctx, models_path, models)
         _write_history(ctx, history)
         ctx.facts.live_release, ctx.facts.live_models = tree, models
@@ -372,12 +373,12 @@ def template(ctx, args) -> Outcome:
     src = Path(args["src"])
     src = src if src.is_absolute() else REPO_ROOT / "templates" / src
     dest = str(args["dest"])
-    from .playbook import compiled_template
+    from tritonfleet.engine.playbook import compiled_template
     try:
         wanted = compiled_template(src.read_text()).render(ctx.vars)
     except OSError as exc:
         return Outcome(failed=True, msg=f"template {src}: {exc.strerror}")
-    unit_sha256 = hashlib.sha256(wanted.encode()).hexdigest() if dest == triton.UNIT_PATH else None
+    unit_sha256 = hashlib.sha256(wanted.encode()).hexdigest() if dest == layout.UNIT_PATH else None
     if unit_sha256 and unit_sha256 == ctx.facts.unit_sha256:
         return Outcome(msg=f"{dest} up to date")  # the facts carry the unit's checksum: no need to read it
     current = ctx.conn.run(f"cat {q(dest)} 2>/dev/null", check=False).stdout
@@ -396,7 +397,7 @@ def template(ctx, args) -> Outcome:
 def systemd(ctx, args) -> Outcome:
     name = str(args["name"])
     state = args.get("state")
-    if name == triton.SERVICE and not ctx.facts.service_stale:
+    if name == layout.SERVICE and not ctx.facts.service_stale:
         props = ctx.facts.service  # gathered with the facts, and nothing in this run has changed it since
     else:
         show = ctx.conn.run(f"systemctl show {q(name)} -p ActiveState -p UnitFileState -p NeedDaemonReload "
@@ -422,7 +423,7 @@ def systemd(ctx, args) -> Outcome:
 
 
 def _journal_tail(ctx, lines: int = 25) -> str:
-    return ctx.conn.run(f"journalctl -u {q(triton.SERVICE)} -n {lines} --no-pager -o cat 2>&1", check=False,
+    return ctx.conn.run(f"journalctl -u {q(layout.SERVICE)} -n {lines} --no-pager -o cat 2>&1", check=False,
                         timeout=30).stdout.strip()
 
 
@@ -430,7 +431,7 @@ def wait_ready(ctx, args) -> Outcome:
     """Bounded poll of the server's readiness from the control machine; on failure, say which model and why."""
     if ctx.check:
         return Outcome(skipped=True, msg="check mode: the server is not polled")
-    from .smoke import wait_until_ready
+    from tritonfleet.triton.smoke import wait_until_ready
     address, http_port, _ = ctx.server_endpoint()
     ready, index = wait_until_ready(address, http_port,
                                     timeout_s=float(args.get("timeout", ctx.vars["triton_ready_timeout"])))
@@ -439,7 +440,7 @@ def wait_ready(ctx, args) -> Outcome:
     failed = [f"model '{m.get('name')}' is {m.get('state', 'UNKNOWN')}: {m.get('reason') or 'no reason given'}"
               for m in index if m.get("state") != "READY"]
     detail = "\n".join(failed) or "server did not become ready"
-    from .doctor import diagnosis_for_outcome
+    from tritonfleet.triton.doctor import diagnosis_for_outcome
     diagnosis, extra = diagnosis_for_outcome(ctx)  # what is wrong on the host, with the fix
     return Outcome(failed=True, msg=detail + diagnosis, data={"journal": _journal_tail(ctx), "index": index, **extra})
 
@@ -447,12 +448,12 @@ def wait_ready(ctx, args) -> Outcome:
 def smoke(ctx, args) -> Outcome:
     if ctx.check:
         return Outcome(skipped=True, msg="check mode: no inference sent")
-    from .smoke import smoke_test
+    from tritonfleet.triton.smoke import smoke_test
     report = smoke_test(*ctx.server_endpoint(), timeout_s=float(args.get("timeout", 30)))
     data = {"smoke": {m.name: {"ok": m.ok, "state": m.state, "latency_ms": m.latency_ms, "error": m.error,
                                "reason": m.reason} for m in report.models}}
     if not report.ok:
-        from .doctor import diagnosis_for_outcome
+        from tritonfleet.triton.doctor import diagnosis_for_outcome
         diagnosis, extra = diagnosis_for_outcome(ctx)  # what is wrong on the host, with the fix
         return Outcome(failed=True, msg="\n".join(report.failures()) + diagnosis, data={**data, **extra})
     lat = ", ".join(f"{m.name} {m.latency_ms.get('http', 0):.1f}/{m.latency_ms.get('grpc', 0):.1f} ms"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from .errors import TritonfleetError
-from .paths import REPO_ROOT
+from tritonfleet.errors import TritonfleetError
+from tritonfleet.paths import REPO_ROOT
 
 SERVICE = "tritonserver"
 UNIT_PATH = f"/etc/systemd/system/{SERVICE}.service"

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .errors import TritonfleetError
-from .paths import REPO_ROOT
-from .report import Reporter
-from .runner import NOT_STARTED, HostRun, cancel_on_interrupt, prepare, run_playbook
+from tritonfleet.errors import TritonfleetError
+from tritonfleet.paths import REPO_ROOT
+from tritonfleet.engine.report import Reporter
+from tritonfleet.engine.runner import NOT_STARTED, HostRun, cancel_on_interrupt, prepare, run_playbook
 
 DEPLOY = REPO_ROOT / "playbooks" / "deploy.yml"
 ROLLBACK = REPO_ROOT / "playbooks" / "rollback.yml"

@@ -39,9 +39,9 @@ from pathlib import Path
 import fabric
 import paramiko
 
-from . import secrets
-from .errors import TritonfleetError
-from .inventory import Host
+from tritonfleet import secrets
+from tritonfleet.errors import TritonfleetError
+from tritonfleet.engine.inventory import Host
 
 HOST_KEY_POLICIES = ("strict", "accept-new")
 DEAD_LINK_S = 30  # a connection with nothing acknowledged for this long is given up (paramiko, ssh, rsync)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import shlex
 from dataclasses import asdict, dataclass, field
 
-from . import releases, triton
+from tritonfleet.triton import releases
+from tritonfleet.triton import layout
 
 # POSIX sh, no bashisms: one `key=value` line per fact, multi-valued facts repeated.
 _SCRIPT = r"""
@@ -135,9 +136,9 @@ class Facts:
 def gather_command(triton_user: str, models_path: str) -> str:
     env = {
         "TF_USER": triton_user, "TF_MODELS": models_path, "TF_STORE": releases.models_store(models_path),
-        "TF_HISTORY": releases.HISTORY_FILE, "TF_STUB": triton.STUB_IN_RELEASE, "TF_STUB_NAME": triton.STUB_NAME,
-        "TF_MANIFEST": triton.MANIFEST_COMMAND, "TF_ROOT": triton.TRITON_ROOT, "TF_RELEASES": triton.RELEASES_DIR,
-        "TF_MARKER": triton.RELEASE_MARKER, "TF_UNIT": triton.UNIT_PATH, "TF_SERVICE": triton.SERVICE,
+        "TF_HISTORY": releases.HISTORY_FILE, "TF_STUB": layout.STUB_IN_RELEASE, "TF_STUB_NAME": layout.STUB_NAME,
+        "TF_MANIFEST": layout.MANIFEST_COMMAND, "TF_ROOT": layout.TRITON_ROOT, "TF_RELEASES": layout.RELEASES_DIR,
+        "TF_MARKER": layout.RELEASE_MARKER, "TF_UNIT": layout.UNIT_PATH, "TF_SERVICE": layout.SERVICE,
     }
     assign = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     return f"{assign} sh -c {shlex.quote(_SCRIPT)}"

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import jinja2
 
-from . import secrets
-from .errors import InventoryError
-from .yamlfile import line_of, load_yaml
+from tritonfleet import secrets
+from tritonfleet.errors import InventoryError
+from tritonfleet.paths import REPO_ROOT
+from tritonfleet.yamlfile import line_of, load_yaml
 
 GROUP_KEYS = ("hosts", "vars", "children")
 _JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
@@ -313,4 +314,4 @@ def lab_hosts(inventory: Inventory) -> list[Host]:
     return inventory.select(group="lab")
 
 
-DEFAULT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "hosts.yml"
+DEFAULT_INVENTORY = REPO_ROOT / "inventory" / "hosts.yml"

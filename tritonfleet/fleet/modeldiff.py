@@ -10,7 +10,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .connection import RSYNC_ITEM, HostConnection
+from tritonfleet.engine.connection import RSYNC_ITEM, HostConnection
 
 
 @dataclass

@@ -16,15 +16,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import hostlock, triton
-from .connection import HostConnection, Unreachable
-from .errors import TritonfleetError
-from .facts import gather_facts
-from .inventory import Host
-from .models import SHELL_SAFE
-from .modules import MODULES, Outcome
-from .playbook import Play, Playbook, Task, evaluate_when, load_playbook, render
-from .report import Reporter
+from tritonfleet.engine import hostlock
+from tritonfleet.triton import layout
+from tritonfleet.engine.connection import HostConnection, Unreachable
+from tritonfleet.errors import TritonfleetError
+from tritonfleet.triton.facts import gather_facts
+from tritonfleet.engine.inventory import Host
+from tritonfleet.triton.models import SHELL_SAFE
+from tritonfleet.modules import MODULES, Outcome
+from tritonfleet.engine.playbook import Play, Playbook, Task, evaluate_when, load_playbook, render
+from tritonfleet.engine.report import Reporter
 
 MAGIC_VARS = {"facts", "inventory_hostname", "inventory_dir", "group_names", "triton_server_args",
               "triton_root", "triton_unit_path", "triton_packages", "bundle", "repository"}
@@ -95,7 +96,7 @@ class HostContext:
         """
         if self._endpoint is None:
             http, grpc = int(self.vars["triton_http_port"]), int(self.vars["triton_grpc_port"])
-            if triton.is_loopback(str(self.vars["triton_http_address"])):
+            if layout.is_loopback(str(self.vars["triton_http_address"])):
                 local_http, local_grpc = self.conn.forward([http, grpc])
                 self._endpoint = ("127.0.0.1", local_http, local_grpc)
             else:
@@ -105,10 +106,10 @@ class HostContext:
 
 def host_vars(host: Host, extra_vars: dict) -> dict:
     """Defaults < inventory (already merged with Ansible's precedence) < extra vars (command line)."""
-    merged = {**triton.DEFAULT_VARS, **host.vars, **extra_vars}
-    merged["triton_server_args"] = triton.server_args(merged)
-    merged["triton_root"] = triton.TRITON_ROOT
-    merged["triton_unit_path"] = triton.UNIT_PATH
+    merged = {**layout.DEFAULT_VARS, **host.vars, **extra_vars}
+    merged["triton_server_args"] = layout.server_args(merged)
+    merged["triton_root"] = layout.TRITON_ROOT
+    merged["triton_unit_path"] = layout.UNIT_PATH
     return merged
 
 
@@ -119,7 +120,7 @@ def _play_applies(play: Play, host: Host) -> bool:
 
 def _known_vars(hostvars: list[dict]) -> set[str]:
     common = set.intersection(*(set(v) for v in hostvars)) if hostvars else set()
-    return common | set(triton.DEFAULT_VARS) | MAGIC_VARS
+    return common | set(layout.DEFAULT_VARS) | MAGIC_VARS
 
 
 def checked_host_vars(hosts: list[Host], extra_vars: dict | None = None) -> dict[str, dict]:
@@ -147,11 +148,11 @@ def prepare(playbook_path: str | Path, hosts: list[Host], extra_vars: dict | Non
     needs = {n for m in book.modules_used() if m in MODULES for n in MODULES[m].needs}
     bundle = None
     if "bundle" in needs:
-        from .bundle import resolve_bundle
+        from tritonfleet.triton.bundle import resolve_bundle
         bundle = resolve_bundle(bundle_source, progress=progress)
     repositories = {}
     if needs & {"repository", "bundle"}:
-        from .models import validate_repository
+        from tritonfleet.triton.models import validate_repository
         for name, v in all_vars.items():
             path = str(Path(str(v["model_repository"])).expanduser().resolve())
             if path not in repositories:
@@ -298,7 +299,7 @@ def _packages_for(ctx: HostContext) -> list[str]:
     if not ctx.facts.python_version:
         return []
     try:
-        return triton.python_packages(ctx.facts.pkg_mgr, ctx.facts.python_version)
+        return layout.python_packages(ctx.facts.pkg_mgr, ctx.facts.python_version)
     except TritonfleetError:
         return []  # the preflight step reports the missing package manager with its fix
 

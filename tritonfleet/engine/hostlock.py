@@ -13,8 +13,8 @@ import socket
 import time
 import uuid
 
-from .errors import TritonfleetError
-from .releases import LOCK_DIR, STATE_DIR
+from tritonfleet.errors import TritonfleetError
+from tritonfleet.triton.releases import LOCK_DIR, STATE_DIR
 
 LOCK_TTL_S = 2 * 3600
 RUN_ID = uuid.uuid4().hex[:12]

@@ -1,0 +1,1 @@
+"""Fleet operations built on the engine: playbook runs, rollouts, status and drift, model diffs."""
