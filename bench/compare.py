@@ -30,7 +30,7 @@ from tritonfleet import lab  # noqa: E402
 from tritonfleet.triton.bundle import default_bundle  # noqa: E402
 from tritonfleet.engine.inventory import DEFAULT_INVENTORY, load_inventory  # noqa: E402
 from tritonfleet.engine.playbook import JINJA  # noqa: E402
-from tritonfleet.engine.runner import host_vars  # noqa: E402
+from tritonfleet.fleet.run import host_vars  # noqa: E402
 
 SCENARIOS = ("cold", "no-op", "one-file change")
 TRANSFER_TF = {"triton_release", "model_repository"}

@@ -103,9 +103,9 @@ def healthy_after(host, quick_inventory):
     # the server still holds the broken state (a model repository repaired under a running server)
     invoke("deploy", "--host", HOST, "--inventory", str(quick_inventory))
     if doctor()[0].returncode != 0:
-        from tritonfleet.triton.smoke import wait_until_ready
+        from tritonfleet.triton.server import Endpoint, ServerClient
         on_host("systemctl reset-failed tritonserver; systemctl restart tritonserver")
-        assert wait_until_ready(ADDRESS, 8000, timeout_s=60)[0]
+        assert ServerClient(Endpoint(ADDRESS, 8000, 8001)).wait_ready(timeout_s=60)[0]
     proc, report = doctor()
     assert proc.returncode == 0, [f["title"] for f in report["diagnosis"]["findings"]]
 

@@ -9,7 +9,7 @@ from tritonfleet.errors import PlaybookError, TritonfleetError
 from tritonfleet.modules import MODULES
 from tritonfleet.paths import REPO_ROOT
 from tritonfleet.engine.playbook import evaluate_when, load_playbook, render, systemd_quote
-from tritonfleet.engine.runner import _known_vars, host_vars
+from tritonfleet.fleet.run import _known_vars, host_vars
 from tritonfleet.engine.inventory import Host
 
 

@@ -24,8 +24,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tritonfleet.paths import CACHE_DIR, REPO_ROOT
-from tritonfleet.triton.smoke import (DYNAMIC_DIM, ModelSmoke, SkipInference, SmokeReport, build_inputs, grpc_answers_as_http,
-                               smoke_test, wait_until_ready)
+from tritonfleet.triton.server import Endpoint, ServerClient
+from tritonfleet.triton.smoke import (DYNAMIC_DIM, ModelSmoke, SkipInference, SmokeReport, build_inputs,
+                                     grpc_answers_as_http, smoke_test)
 
 EXAMPLES = REPO_ROOT / "examples" / "models"
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -148,8 +149,8 @@ def _closed_port() -> int:
 def test_nothing_listening_is_bounded():
     port = _closed_port()
     start = time.monotonic()
-    assert wait_until_ready("127.0.0.1", port, timeout_s=1.0, interval_s=0.2) == (False, [])
-    report = smoke_test("127.0.0.1", port, _closed_port(), timeout_s=2.0)
+    assert ServerClient(Endpoint("127.0.0.1", port, 0)).wait_ready(timeout_s=1.0, interval_s=0.2) == (False, [])
+    report = smoke_test(Endpoint("127.0.0.1", port, _closed_port()), timeout_s=2.0)
     assert time.monotonic() - start < 10
     assert not report.ok and not report.live
     assert any("does not answer" in line for line in report.failures())
@@ -298,11 +299,11 @@ def test_examples_pass_smoke_test_on_real_server(start_server, tmp_path):
     repo = tmp_path / "models"
     shutil.copytree(EXAMPLES, repo, ignore=shutil.ignore_patterns("__pycache__"))
     server = start_server(repo)
-    ready, index = wait_until_ready("127.0.0.1", server.http_port, timeout_s=120)
+    ready, index = ServerClient(Endpoint("127.0.0.1", server.http_port, server.grpc_port)).wait_ready(timeout_s=120)
     assert ready, f"not ready; index={index}\n{server.log_text()}"
     assert {m["name"] for m in index} >= {"add_sub", "str_upper", "add_sub_chain"}
 
-    report = smoke_test("127.0.0.1", server.http_port, server.grpc_port, timeout_s=30)
+    report = smoke_test(Endpoint("127.0.0.1", server.http_port, server.grpc_port), timeout_s=30)
     assert report.ok, "\n".join(report.failures()) + "\n" + server.log_text()
     assert report.live and report.ready and report.failures() == []
     assert {m.name for m in report.models} == {p.name for p in EXAMPLES.iterdir() if p.is_dir()}
@@ -348,13 +349,13 @@ def test_model_with_syntax_error_is_reported_not_ready(start_server, tmp_path):
     server = start_server(repo)
 
     start = time.monotonic()
-    ready, index = wait_until_ready("127.0.0.1", server.http_port, timeout_s=120)
+    ready, index = ServerClient(Endpoint("127.0.0.1", server.http_port, server.grpc_port)).wait_ready(timeout_s=120)
     assert not ready
-    assert time.monotonic() - start < 90, "wait_until_ready should stop once no model is LOADING"
+    assert time.monotonic() - start < 90, "wait_ready should stop once no model is LOADING"
     states = {m["name"]: m["state"] for m in index}
     assert states == {"add_sub": "READY", "broken": "UNAVAILABLE"}, server.log_text()
 
-    report = smoke_test("127.0.0.1", server.http_port, server.grpc_port, timeout_s=30)
+    report = smoke_test(Endpoint("127.0.0.1", server.http_port, server.grpc_port), timeout_s=30)
     assert report.live and not report.ready and not report.ok
     by_name = {m.name: m for m in report.models}
     assert by_name["add_sub"].ok

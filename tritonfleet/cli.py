@@ -55,7 +55,7 @@ def clear_errors(fn):
 @clear_errors
 def run_playbook_command(playbook: str, *, host=None, group=None, models=None, check=False, json_output=False,
                          inventory=None, bundle=None, forks=10, verbose=False) -> None:
-    from tritonfleet.engine.runner import run_playbook
+    from tritonfleet.fleet.run import run_playbook
     inv = load_inventory(inventory or DEFAULT_INVENTORY)
     hosts = inv.select(host=host, group=group)
     extra = {"model_repository": models} if models else {}
@@ -108,11 +108,12 @@ def doctor_command(*, host=None, group=None, fix=False, json_output=False, inven
     """Diagnose hosts (and with fix, repair what is safe); exit 1 while any error finding remains."""
     import json
 
+    from tritonfleet.fleet.run import checked_host_vars
     from tritonfleet.triton import doctor
     inv = load_inventory(inventory or DEFAULT_INVENTORY)
     hosts = inv.select(host=host, group=group)
     out = Console(stderr=json_output, highlight=False, soft_wrap=True)
-    reports = doctor.run_doctor(hosts, fix=bool(fix),
+    reports = doctor.run_doctor(hosts, checked_host_vars(hosts), fix=bool(fix),
                                 progress=lambda h, msg: console.print(f"  {h} [dim]… {msg}[/dim]"))
     for r in reports:
         if r.unreachable:
@@ -143,15 +144,18 @@ def models_diff_command(*, host=None, group=None, models=None, json_output=False
     import dataclasses
     import json
 
-    from tritonfleet.fleet.modeldiff import diff_host
+    from tritonfleet.fleet.modeldiff import diff_hosts
+    from tritonfleet.fleet.run import checked_host_vars
     from tritonfleet.triton.models import validate_repository
-    from tritonfleet.engine.runner import host_vars
     hosts = load_inventory(inventory or DEFAULT_INVENTORY).select(host=host, group=group)
-    diffs = []
-    for h in hosts:
-        hv = host_vars(h, {"model_repository": models} if models else {})
-        source = str(validate_repository(hv["model_repository"]).path)
-        diffs.append(diff_host(h, hv, source))
+    all_vars = checked_host_vars(hosts, {"model_repository": models} if models else {})
+    sources: dict[str, str] = {}
+    for hv in all_vars.values():  # every repository validated before any host is touched
+        repo = str(hv["model_repository"])
+        if repo not in sources:
+            sources[repo] = str(validate_repository(repo).path)
+        hv["model_repository"] = sources[repo]
+    diffs = diff_hosts(hosts, all_vars)
     for d in diffs:
         console.print(f"[bold]{d.host}[/bold]" + (" up to date" if d.empty else ""))
         for model in d.added:

@@ -14,8 +14,9 @@ import time
 import uuid
 
 from tritonfleet.errors import TritonfleetError
-from tritonfleet.triton.releases import LOCK_DIR, STATE_DIR
 
+STATE_DIR = "/var/lib/tritonfleet"  # tritonfleet's state on a host: the lock, the release stack
+LOCK_DIR = f"{STATE_DIR}/lock"
 LOCK_TTL_S = 2 * 3600
 RUN_ID = uuid.uuid4().hex[:12]
 q = shlex.quote

@@ -10,7 +10,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tritonfleet.engine.connection import RSYNC_ITEM, HostConnection
+from tritonfleet.engine.connection import RSYNC_ITEM
+from tritonfleet.engine.executor import for_each_host
 
 
 @dataclass
@@ -47,21 +48,26 @@ def parse_itemized(output: str, diff: ModelDiff) -> None:
         diff.changed.pop(model, None)
 
 
-def diff_host(host, hostvars: dict, source: str) -> ModelDiff:
-    diff = ModelDiff(host.name)
-    conn = HostConnection(host)
-    try:
-        live = conn.run(f"readlink -f {shlex.quote(str(hostvars['triton_model_repository_path']))}",
-                        check=False).stdout.strip()
-        if not live or conn.run(f"test -d {shlex.quote(live)}", check=False).exited != 0:
-            diff.added = sorted(p.name for p in Path(source).iterdir() if p.is_dir())
-            return diff
-        group = str(hostvars["triton_user"])
-        proc = conn.rsync(source, live, ["-a", "--delete", "--dry-run", "--checksum", "--itemize-changes",
-                                         "--exclude=__pycache__/", f"--chown=root:{group}", "--chmod=D0750,F0640"])
-        if proc.returncode != 0:
-            diff.error = proc.stderr.strip()[-500:]
-        parse_itemized(proc.stdout, diff)
-    finally:
-        conn.close()
+def diff_host(conn, name: str, hostvars: dict, source: str) -> ModelDiff:
+    diff = ModelDiff(name)
+    live = conn.run(f"readlink -f {shlex.quote(str(hostvars['triton_model_repository_path']))}",
+                    check=False).stdout.strip()
+    if not live or conn.run(f"test -d {shlex.quote(live)}", check=False).exited != 0:
+        diff.added = sorted(p.name for p in Path(source).iterdir() if p.is_dir())
+        return diff
+    group = str(hostvars["triton_user"])
+    proc = conn.rsync(source, live, ["-a", "--delete", "--dry-run", "--checksum", "--itemize-changes",
+                                     "--exclude=__pycache__/", f"--chown=root:{group}", "--chmod=D0750,F0640"])
+    if proc.returncode != 0:
+        diff.error = proc.stderr.strip()[-500:]
+    parse_itemized(proc.stdout, diff)
     return diff
+
+
+def diff_hosts(hosts: list, all_vars: dict, *, forks: int = 10) -> list[ModelDiff]:
+    """Every host's diff, in parallel; an unreachable host is a diff with its error (the run exits 1)."""
+    results, _ = for_each_host(hosts, lambda h, conn: diff_host(conn, h.name, all_vars[h.name],
+                                                                 str(all_vars[h.name]["model_repository"])),
+                               forks=forks)
+    return [r.value or ModelDiff(r.host, error=f"unreachable: {r.unreachable}" if r.unreachable else r.error)
+            for r in results]

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from tritonfleet.errors import TritonfleetError
 from tritonfleet.paths import REPO_ROOT
 from tritonfleet.engine.report import Reporter
-from tritonfleet.engine.runner import NOT_STARTED, HostRun, cancel_on_interrupt, prepare, run_playbook
+from tritonfleet.engine.executor import NOT_STARTED, cancel_on_interrupt
+from tritonfleet.engine.runner import HostRun
+from tritonfleet.fleet.run import prepare, run_playbook
 
 DEPLOY = REPO_ROOT / "playbooks" / "deploy.yml"
 ROLLBACK = REPO_ROOT / "playbooks" / "rollback.yml"

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from tritonfleet.engine.connection import HostConnection, Unreachable
-from tritonfleet.errors import TritonfleetError
-from tritonfleet.triton.facts import gather_facts
+from tritonfleet.engine.executor import for_each_host
+from tritonfleet.fleet.run import prepare
 from tritonfleet.paths import REPO_ROOT
-from tritonfleet.engine.runner import prepare
+from tritonfleet.triton.facts import gather_facts
+from tritonfleet.triton.server import ServerClient, endpoint_for
+
 
 @dataclass
 class HostStatus:
@@ -28,34 +27,10 @@ class HostStatus:
     drift: list = field(default_factory=list)
 
 
-def _server(address: str, port: int) -> tuple[str, dict]:
-    """Triton's version and every model's state, from the control machine (empty when it does not answer)."""
-    from tritonfleet.triton.smoke import _host, _index, _request
-    base = f"http://{_host(address)}:{port}"
-    try:
-        status, body = _request(base + "/v2", timeout=5)
-        version = json.loads(body).get("version", "") if status == 200 else ""
-    except (OSError, ValueError):
-        return "", {}
-    states = {}
-    for m in _index(base, timeout=5) or []:
-        state = m.get("state", "UNKNOWN")
-        states[m["name"]] = state if state == "READY" or not m.get("reason") else f"{state}: {m['reason']}"
-    return version, states
-
-
-def host_status(host, hostvars: dict) -> HostStatus:
-    status = HostStatus(host.name)
-    try:
-        conn = HostConnection(host)
-        try:
-            facts = gather_facts(conn, str(hostvars["triton_user"]), str(hostvars["triton_model_repository_path"]))
-        finally:
-            conn.close()
-    except (Unreachable, TritonfleetError) as exc:
-        status.error = str(exc)
-        return status
-    status.reachable = True
+def host_status(host, conn, hostvars: dict) -> HostStatus:
+    """One host's release and service from its facts, and its server's version and model states."""
+    facts = gather_facts(conn, str(hostvars["triton_user"]), str(hostvars["triton_model_repository_path"]))
+    status = HostStatus(host.name, reachable=True)
     live = facts.live
     status.release = live.id if live else ""
     status.models_digest = live.models_digest if live else ""
@@ -63,16 +38,17 @@ def host_status(host, hostvars: dict) -> HostStatus:
     status.uptime_s = int(facts.service.get("UptimeSeconds") or 0)
     status.restarts = int(facts.service.get("NRestarts") or 0)
     if status.service == "active":
-        status.triton_version, status.models = _server(host.address, int(hostvars["triton_http_port"]))
+        server = ServerClient(endpoint_for(host.address, hostvars, conn))
+        status.triton_version, status.models = server.version(), server.model_states()
     return status
 
 
 def fleet_status(hosts: list, extra_vars: dict | None = None, bundle_source: str | None = None,
-                 progress=print) -> list[HostStatus]:
+                 progress=print, forks: int = 16) -> list[HostStatus]:
     _, all_vars, bundle, repositories = prepare(REPO_ROOT / "playbooks" / "deploy.yml", hosts, extra_vars,
                                                 bundle_source, progress=progress)
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(hosts)))) as pool:
-        rows = list(pool.map(lambda h: host_status(h, all_vars[h.name]), hosts))
+    results, _ = for_each_host(hosts, lambda h, conn: host_status(h, conn, all_vars[h.name]), forks=forks)
+    rows = [r.value or HostStatus(r.host, error=r.unreachable or r.error) for r in results]
     releases = Counter(r.release for r in rows if r.reachable and r.release)
     majority = releases.most_common(1)[0][0] if releases else ""
     for row, host in zip(rows, hosts):
@@ -85,6 +61,8 @@ def fleet_status(hosts: list, extra_vars: dict | None = None, bundle_source: str
             row.drift.append(f"differs from the rest of the group ({majority})")
         if row.service != "active":
             row.drift.append(f"service is {row.service or 'missing'}")
+        if row.service == "active" and not row.triton_version:
+            row.drift.append("the server does not answer")
         bad = [f"{name} {state}" for name, state in row.models.items() if state != "READY"]
         if bad:
             row.drift.append("models not ready: " + "; ".join(bad))

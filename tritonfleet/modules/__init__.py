@@ -12,41 +12,16 @@ import os
 import re
 import shlex
 import time
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from tritonfleet.triton import releases
 from tritonfleet.triton import layout
 from tritonfleet.engine.connection import RSYNC_ITEM
+from tritonfleet.engine.spec import Module, Outcome
 from tritonfleet.errors import TritonfleetError
 from tritonfleet.paths import REPO_ROOT
 
 q = shlex.quote
-
-
-@dataclass
-class Outcome:
-    changed: bool = False
-    failed: bool = False
-    skipped: bool = False
-    msg: str = ""
-    diff: str = ""
-    data: dict = field(default_factory=dict)
-    show: bool = False  # print the message even when ok (results a person asked for, like latencies)
-    seconds: float = 0.0  # how long the step took (set by the runner)
-
-    @property
-    def status(self) -> str:
-        return "failed" if self.failed else "skipped" if self.skipped else "changed" if self.changed else "ok"
-
-
-@dataclass(frozen=True)
-class Module:
-    run: Callable
-    required: tuple = ()
-    optional: tuple = ()
-    needs: tuple = ()  # "bundle", "repository": loaded and validated before any host is touched
 
 
 def _would(ctx, msg: str, **kw) -> Outcome:
@@ -284,17 +259,14 @@ def models_reload(ctx, args) -> Outcome:
     if ctx.facts.server_mode != "explicit":
         return Outcome(changed=True, msg=f"switched {models_path}; no server in explicit mode runs yet: the "
                                          "(re)start that follows loads every model")
-    from tritonfleet.triton.smoke import repository_control, smoke_test
-    address, http_port, grpc_port = ctx.server_endpoint()
-    control = repository_control(address, http_port)
-    failures = control(unload=removed, load=changed)
+    failures = ctx.server.control(unload=removed, load=changed)
     if not failures:
-        report = smoke_test(address, http_port, grpc_port)
+        report = ctx.server.smoke()
         failures = {m.name: m.error or m.reason for m in report.models if not m.ok and m.name in changed}
     if failures:
         _switch_link(ctx, models_path, previous)
         ctx.facts.live_models = previous
-        restored = control(unload=[m for m in changed if m not in old], load=[m for m in failures if m in old])
+        restored = ctx.server.control(unload=[m for m in changed if m not in old], load=[m for m in failures if m in old])
         detail = "; ".join(f"model '{m}': {why}" for m, why in failures.items())
         note = "previous version restored" + (f" (restore failed: {restored})" if restored else "")
         return Outcome(failed=True, msg=f"{detail}; {note}")
@@ -431,10 +403,7 @@ def wait_ready(ctx, args) -> Outcome:
     """Bounded poll of the server's readiness from the control machine; on failure, say which model and why."""
     if ctx.check:
         return Outcome(skipped=True, msg="check mode: the server is not polled")
-    from tritonfleet.triton.smoke import wait_until_ready
-    address, http_port, _ = ctx.server_endpoint()
-    ready, index = wait_until_ready(address, http_port,
-                                    timeout_s=float(args.get("timeout", ctx.vars["triton_ready_timeout"])))
+    ready, index = ctx.server.wait_ready(timeout_s=float(args.get("timeout", ctx.vars["triton_ready_timeout"])))
     if ready:
         return Outcome(msg=f"server ready with {len(index)} model(s)")
     failed = [f"model '{m.get('name')}' is {m.get('state', 'UNKNOWN')}: {m.get('reason') or 'no reason given'}"
@@ -448,8 +417,7 @@ def wait_ready(ctx, args) -> Outcome:
 def smoke(ctx, args) -> Outcome:
     if ctx.check:
         return Outcome(skipped=True, msg="check mode: no inference sent")
-    from tritonfleet.triton.smoke import smoke_test
-    report = smoke_test(*ctx.server_endpoint(), timeout_s=float(args.get("timeout", 30)))
+    report = ctx.server.smoke(timeout_s=float(args.get("timeout", 30)))
     data = {"smoke": {m.name: {"ok": m.ok, "state": m.state, "latency_ms": m.latency_ms, "error": m.error,
                                "reason": m.reason} for m in report.models}}
     if not report.ok:

@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass, field
 
 from tritonfleet.triton import signatures
 from tritonfleet.triton import layout
+from tritonfleet.engine.executor import for_each_host
+from tritonfleet.errors import TritonfleetError
+from tritonfleet.triton.server import ServerClient, endpoint_for
 from tritonfleet.triton.signatures import BY_ID
 
 q = shlex.quote
@@ -185,14 +188,12 @@ def unit_argv(unit_text: str) -> list[str]:
     return argv
 
 
-def _server_index(address: str, port: int, timeout: float) -> tuple[bool, list | None, str]:
-    from tritonfleet.triton.smoke import _host, _index, _request
-    base = f"http://{_host(address)}:{port}"
+def _server_index(server: ServerClient, timeout: float) -> tuple[bool, list | None, str]:
     try:
-        status, _ = _request(f"{base}/v2/health/ready", timeout)
+        ready = server.ready(timeout=timeout)
     except OSError as exc:
-        return False, None, f"{base} does not answer: {exc}"
-    return status == 200, _index(base, timeout), ""
+        return False, None, f"{server.endpoint} does not answer: {exc}"
+    return ready, server.index(timeout=timeout), ""
 
 
 def gather(conn, hostvars: dict) -> Evidence:
@@ -221,6 +222,12 @@ class _Context:
                 self.configs[name] = cfg
             else:
                 self.config_errors[name] = err
+
+    def server_vars(self) -> dict:
+        """The vars that say where the server listens, as the running server (or its unit) has them."""
+        bind = layout.flag_values(self.argv, "--http-address")
+        return {"triton_http_port": self.port("http"), "triton_grpc_port": self.port("grpc"),
+                "triton_http_address": bind[-1] if bind else self.vars.get("triton_http_address", "0.0.0.0")}
 
     def port(self, kind: str) -> int:
         flag, var = layout.PORT_FLAGS[kind]
@@ -519,8 +526,17 @@ CHECKS = (check_service, check_layout, check_backend_directory, check_stub, chec
           check_disk, check_gpus, check_repository, check_journal)
 
 
-def diagnose(conn, host, hostvars: dict, *, index_timeout: float = 3.0) -> Diagnosis:
-    """Every check, from one round trip of host evidence plus the server's index; never raises for host problems."""
+def server_of(conn, host, c: _Context) -> ServerClient:
+    """The server the host runs, where it listens (through SSH forwards when bound to the host's loopback)."""
+    return ServerClient(endpoint_for(host.address, c.server_vars(), conn))
+
+
+def diagnose(conn, host, hostvars: dict, *, index_timeout: float = 3.0, server: ServerClient | None = None) -> Diagnosis:
+    """Every check, from one round trip of host evidence plus the server's index; never raises for host problems.
+
+    `server` is the run's client for this host when it has one (a deploy's); otherwise one is made from where
+    the running server listens.
+    """
     start = time.monotonic()
     ev = gather(conn, hostvars)
     c = _Context(ev, hostvars, host.address, host.name)
@@ -529,7 +545,10 @@ def diagnose(conn, host, hostvars: dict, *, index_timeout: float = 3.0) -> Diagn
         check(c, d)
     ready, index, error = (False, None, "")
     if ev.service.get("ActiveState") == "active":
-        ready, index, error = _server_index(host.address, c.port("http"), index_timeout)
+        try:
+            ready, index, error = _server_index(server or server_of(conn, host, c), index_timeout)
+        except TritonfleetError as exc:  # the SSH forward to a loopback-bound server could not be opened
+            error = str(exc)
     check_models(c, d, index, ready, error)
     d.ready, d.index = ready, index or []
     d._context = c  # for fixes
@@ -598,11 +617,10 @@ def apply_fixes(conn, host, hostvars: dict, diagnosis: Diagnosis, *, wait_s: flo
         res = conn.run(f"systemctl daemon-reload && systemctl reset-failed {svc} 2>/dev/null; "
                        f"systemctl restart {svc}", check=False, timeout=180)
         done.append(f"restarted {layout.SERVICE}" if res.ok else f"FAILED to restart: {res.stderr.strip()[-300:]}")
-        from tritonfleet.triton.smoke import wait_until_ready
         timeout = float(wait_s if wait_s is not None else min(120, float(hostvars.get("triton_ready_timeout", 180))))
         progress(f"waiting up to {timeout:.0f} s for readiness")
         t0 = time.monotonic()
-        ready, _ = wait_until_ready(host.address, c.port("http"), timeout_s=timeout)
+        ready, _ = server_of(conn, host, c).wait_ready(timeout_s=timeout)
         done.append(f"server {'ready' if ready else 'NOT ready'} after {time.monotonic() - t0:.1f} s")
     if not done:
         return [], diagnosis
@@ -640,7 +658,7 @@ def summary(d: Diagnosis) -> str:
 def diagnosis_for_outcome(ctx) -> tuple[str, dict]:
     """For a failed wait_ready/smoke: the diagnosis as text to append to the message and as data; never raises."""
     try:
-        d = diagnose(ctx.conn, ctx.host, ctx.vars)
+        d = diagnose(ctx.conn, ctx.host, ctx.vars, server=ctx.server)
     except Exception as exc:  # a diagnosis must never hide the original failure
         return f"\ndiagnosis failed: {type(exc).__name__}: {exc}", {}
     text = render(d, include_info=False, indent="    ")
@@ -676,42 +694,19 @@ class HostReport:
                 "after_fix": self.after.as_dict() if self.after else None}
 
 
-def run_doctor(hosts: list, *, fix: bool = False, forks: int = 10, progress=lambda host, msg: None) -> list:
-    """Diagnose (and with fix=True repair) every host in parallel, one connection each.
-
-    Inventory values are checked for every host first: a bad one is an input error (TritonfleetError)
-    before any host is touched, not a host that looks unreachable.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tritonfleet.engine.connection import HostConnection, Unreachable
-    from tritonfleet.errors import TritonfleetError
-    from tritonfleet.engine.runner import checked_host_vars
-
-    all_vars = checked_host_vars(hosts)
-
-    def one(host) -> HostReport:
+def run_doctor(hosts: list, all_vars: dict, *, fix: bool = False, forks: int = 10,
+               progress=lambda host, msg: None) -> list[HostReport]:
+    """Diagnose (and with fix=True repair, holding the host lock) every host in parallel, one connection each."""
+    def work(host, conn) -> HostReport:
         report = HostReport(host.name)
-        try:
-            conn = HostConnection(host)
-        except Unreachable as exc:
-            report.unreachable = str(exc)
-            return report
-        try:
-            hv = all_vars[host.name]
-            progress(host.name, "gathering evidence")
-            report.before = diagnose(conn, host, hv)
-            if fix and any(f.action for f in report.before.errors):
-                report.fixes, after = apply_fixes(conn, host, hv, report.before,
-                                                  progress=lambda msg: progress(host.name, msg))
-                report.after = after if report.fixes else None
-        except Unreachable as exc:
-            report.unreachable = str(exc)
-        except TritonfleetError as exc:
-            report.error = str(exc)
-        finally:
-            conn.close()
+        hv = all_vars[host.name]
+        progress(host.name, "gathering evidence")
+        report.before = diagnose(conn, host, hv)
+        if fix and any(f.action for f in report.before.errors):
+            report.fixes, after = apply_fixes(conn, host, hv, report.before,
+                                              progress=lambda msg: progress(host.name, msg))
+            report.after = after if report.fixes else None
         return report
 
-    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
-        return list(pool.map(one, hosts))
+    results, _ = for_each_host(hosts, work, forks=forks, lock="doctor --fix" if fix else "")
+    return [r.value or HostReport(r.host, unreachable=r.unreachable, error=r.error) for r in results]

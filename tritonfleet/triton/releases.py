@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-STATE_DIR = "/var/lib/tritonfleet"
+from tritonfleet.engine.hostlock import STATE_DIR
+
 HISTORY_FILE = f"{STATE_DIR}/releases"
-LOCK_DIR = f"{STATE_DIR}/lock"
 
 
 @dataclass(frozen=True)

@@ -10,15 +10,13 @@ Every call has a bounded timeout, every loop a bounded count, so a hung host can
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from tritonfleet.triton.server import Endpoint, short_error
 
 PROTOCOLS = ("http", "grpc")
 DYNAMIC_DIM = 1  # size given to a -1 dimension
@@ -168,28 +166,16 @@ def build_inputs(metadata: dict, config: dict, protocol: str) -> list:
 # server calls
 
 
-def _host(address: str) -> str:
-    if ":" in address and not address.startswith("["):
-        return f"[{address}]"  # IPv6 literal
-    return address
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    first = text.splitlines()[0] if text else text
-    return first[:500]
-
-
 class _Clients:
-    def __init__(self, address: str, http_port: int, grpc_port: int, timeout_s: float):
+    def __init__(self, endpoint: Endpoint, timeout_s: float):
         import tritonclient.grpc as grpcclient
         import tritonclient.http as httpclient
 
         self.timeout_s = timeout_s
-        host = _host(address)
         self.http = httpclient.InferenceServerClient(
-            f"{host}:{http_port}", connection_timeout=timeout_s, network_timeout=timeout_s)
-        self.grpc = grpcclient.InferenceServerClient(f"{host}:{grpc_port}", channel_args=_GRPC_CHANNEL_ARGS)
+            f"{endpoint.host}:{endpoint.http_port}", connection_timeout=timeout_s, network_timeout=timeout_s)
+        self.grpc = grpcclient.InferenceServerClient(f"{endpoint.host}:{endpoint.grpc_port}",
+                                                     channel_args=_GRPC_CHANNEL_ARGS)
 
     def close(self) -> None:
         for client in (self.http, self.grpc):
@@ -274,36 +260,35 @@ def _smoke_model(clients: _Clients, entry: dict) -> ModelSmoke:
                 smoke.notes.append(note)
         except Exception as exc:
             what = "inference" if step == "inference" else step
-            errors.append(f"{what} over {protocol} failed: {_short(exc)}")
+            errors.append(f"{what} over {protocol} failed: {short_error(exc)}")
     smoke.error = "\n".join(errors)
     smoke.ok = not errors
     return smoke
 
 
-def smoke_test(address: str, http_port: int = 8000, grpc_port: int = 8001,
-               timeout_s: float = 30.0) -> SmokeReport:
-    """Smoke-test the Triton server at `address`; never raises for server-side problems.
+def smoke_test(endpoint: Endpoint, timeout_s: float = 30.0) -> SmokeReport:
+    """Smoke-test the Triton server at `endpoint`; never raises for server-side problems.
 
     `timeout_s` bounds every single call (connect and network); the number of calls is bounded by
     the number of models, so the whole test is bounded too.
     """
-    report = SmokeReport(address=address)
+    report = SmokeReport(address=str(endpoint))
     try:
-        clients = _Clients(address, http_port, grpc_port, timeout_s)
+        clients = _Clients(endpoint, timeout_s)
     except Exception as exc:
-        report.error = f"cannot create clients: {_short(exc)}"
+        report.error = f"cannot create clients: {short_error(exc)}"
         return report
     errors: list[str] = []
     try:
         live, ready = {}, {}
         for protocol in PROTOCOLS:
-            port = http_port if protocol == "http" else grpc_port
+            port = endpoint.http_port if protocol == "http" else endpoint.grpc_port
             try:
                 live[protocol] = clients.live(protocol)
                 ready[protocol] = clients.ready(protocol)
             except Exception as exc:
                 live[protocol] = ready[protocol] = False
-                errors.append(f"{protocol} on port {port} does not answer: {_short(exc)}")
+                errors.append(f"{protocol} on port {port} does not answer: {short_error(exc)}")
         report.live = all(live.values())
         report.ready = all(ready.values())
         if not any(live.values()):
@@ -311,7 +296,7 @@ def smoke_test(address: str, http_port: int = 8000, grpc_port: int = 8001,
         try:
             index = clients.index()
         except Exception as exc:
-            errors.append(f"cannot read the repository index: {_short(exc)}")
+            errors.append(f"cannot read the repository index: {short_error(exc)}")
             return report
         for entry in index[:10_000]:
             report.models.append(_smoke_model(clients, entry))
@@ -319,99 +304,3 @@ def smoke_test(address: str, http_port: int = 8000, grpc_port: int = 8001,
     finally:
         report.error = "\n".join(errors)
         clients.close()
-
-
-# --------------------------------------------------------------------------------------------
-# readiness wait
-
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _request(url: str, timeout: float, body: bytes | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
-                                 headers={"Content-Type": "application/json"} if body is not None else {})
-    try:
-        with _NO_PROXY.open(req, timeout=timeout) as resp:
-            return resp.status, resp.read(1 << 22)
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(1 << 16) if exc.fp else b""
-
-
-def _index(base: str, timeout: float) -> list[dict] | None:
-    try:
-        status, body = _request(f"{base}/v2/repository/index", timeout, body=b"{}")
-        if status != 200:
-            return None
-        data = json.loads(body or b"[]")
-        return data if isinstance(data, list) else None
-    except (OSError, ValueError):
-        return None
-
-
-def wait_until_ready(address: str, http_port: int = 8000, timeout_s: float = 120.0,
-                     interval_s: float = 0.5) -> tuple[bool, list[dict]]:
-    """Poll /v2/health/ready until the server is ready or `timeout_s` passes.
-
-    Returns (ready, repository index). Returns early, not ready, once every model has left loading
-    (each one READY or UNAVAILABLE) while the server still says not ready: the index then carries
-    the failed models' reasons, and waiting longer would not change them.
-    """
-    base = f"http://{_host(address)}:{http_port}"
-    interval_s = max(0.05, float(interval_s))
-    deadline = time.monotonic() + max(0.0, float(timeout_s))
-    max_polls = int(timeout_s / interval_s) + 2
-    index: list[dict] = []
-    for _ in range(max_polls):
-        remaining = deadline - time.monotonic()
-        per_call = max(0.2, min(5.0, remaining))
-        ready = False
-        try:
-            status, _ = _request(f"{base}/v2/health/ready", per_call)
-            ready = status == 200
-        except OSError:
-            pass  # not listening yet
-        else:
-            latest = _index(base, per_call)
-            if latest is not None:
-                index = latest
-            if ready:
-                return True, index
-            # Settled: nothing LOADING and some model failed (UNAVAILABLE, or no state at all: Triton lists a
-            # model whose config it could not parse without ever trying to load it).
-            states = {str(m.get("state", "")) for m in index}
-            if index and states <= {"READY", "UNAVAILABLE", ""} and states & {"UNAVAILABLE", ""}:
-                return False, index
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        time.sleep(min(interval_s, remaining))
-    return False, index
-
-
-def repository_control(address: str, http_port: int = 8000, timeout_s: float = 120.0):
-    """A function that unloads and loads models through Triton's repository API (explicit model control).
-
-    It returns {model: reason} for every model that failed to load (Triton answers a load only once the
-    model is READY or has failed, so no polling is needed).
-    """
-    base = f"http://{_host(address)}:{http_port}/v2/repository/models"
-
-    def control(unload: list[str] = (), load: list[str] = ()) -> dict[str, str]:
-        failures = {}
-        for action, names in (("unload", unload), ("load", load)):
-            for name in names:
-                try:
-                    status, body = _request(f"{base}/{urllib.parse.quote(name, safe='')}/{action}", timeout_s,
-                                            body=b"{}")
-                except OSError as exc:
-                    failures[name] = f"{action} failed: {_short(exc)}"
-                    continue
-                if status != 200:
-                    try:
-                        reason = json.loads(body or b"{}").get("error", "")
-                    except ValueError:
-                        reason = body.decode(errors="replace")
-                    failures[name] = f"{action} failed: {reason or f'HTTP {status}'}"
-        return failures
-
-    return control

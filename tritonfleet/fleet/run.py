@@ -1,0 +1,149 @@
+"""A playbook run on a set of hosts: everything checked first, then hosts in parallel, one connection each.
+
+Before any host is touched: every host's vars and server flags, the playbook (modules, arguments, Jinja2, notify
+targets), the bundle and every model repository the run will push. Then each host gathers facts once and runs
+its plays (`engine.runner`); handlers run once each, at `meta: flush_handlers` or at the end.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from tritonfleet.engine.connection import HostConnection
+from tritonfleet.engine.executor import Events, for_each_host
+from tritonfleet.engine.inventory import Host
+from tritonfleet.engine.playbook import load_playbook
+from tritonfleet.engine.report import Reporter
+from tritonfleet.engine.runner import HostRun, RunResult, run_plays
+from tritonfleet.engine.spec import HostContext
+from tritonfleet.errors import TritonfleetError
+from tritonfleet.modules import MODULES
+from tritonfleet.triton import layout
+from tritonfleet.triton.facts import gather_facts
+from tritonfleet.triton.models import SHELL_SAFE
+from tritonfleet.triton.server import ServerClient, endpoint_for
+
+MAGIC_VARS = {"facts", "inventory_hostname", "inventory_dir", "group_names", "triton_server_args",
+              "triton_root", "triton_unit_path", "triton_packages", "bundle", "repository"}
+
+
+def host_vars(host: Host, extra_vars: dict) -> dict:
+    """Defaults < inventory (already merged with Ansible's precedence) < extra vars (command line)."""
+    merged = {**layout.DEFAULT_VARS, **host.vars, **extra_vars}
+    merged["triton_server_args"] = layout.server_args(merged)
+    merged["triton_root"] = layout.TRITON_ROOT
+    merged["triton_unit_path"] = layout.UNIT_PATH
+    return merged
+
+
+def _known_vars(hostvars: list[dict]) -> set[str]:
+    common = set.intersection(*(set(v) for v in hostvars)) if hostvars else set()
+    return common | set(layout.DEFAULT_VARS) | MAGIC_VARS
+
+
+def checked_host_vars(hosts: list[Host], extra_vars: dict | None = None) -> dict[str, dict]:
+    """Every host's vars, checked before any host is touched (an error names the host and what to do)."""
+    all_vars = {}
+    for host in hosts:
+        try:
+            all_vars[host.name] = v = host_vars(host, extra_vars or {})
+        except TritonfleetError as exc:
+            raise TritonfleetError(f"host {host.name}: {exc.message}", hint=exc.hint) from None
+        path = str(v["triton_model_repository_path"])  # it reaches `bash -c` unquoted inside the Python backend
+        if not path.startswith("/") or not all(SHELL_SAFE.match(c) for c in path):
+            raise TritonfleetError(f"host {host.name}: triton_model_repository_path {path!r} must be an absolute "
+                                   "path of letters, digits and _ . + @ = , : % / -",
+                                   hint="Triton's Python backend passes the model path unquoted to `bash -c`: "
+                                        "spaces break every model and quotes, ';', '$(...)' run as commands")
+    return all_vars
+
+
+def prepare(playbook_path: str | Path, hosts: list[Host], extra_vars: dict | None = None,
+            bundle_source: str | None = None, progress=print):
+    """Everything that can be checked without a host; raises TritonfleetError before any host is touched."""
+    all_vars = checked_host_vars(hosts, extra_vars)
+    book = load_playbook(playbook_path, MODULES, _known_vars(list(all_vars.values())))
+    needs = {n for m in book.modules_used() if m in MODULES for n in MODULES[m].needs}
+    bundle = None
+    if "bundle" in needs:
+        from tritonfleet.triton.bundle import resolve_bundle
+        bundle = resolve_bundle(bundle_source, progress=progress)
+    repositories = {}
+    if needs & {"repository", "bundle"}:
+        from tritonfleet.triton.models import validate_repository
+        for name, v in all_vars.items():
+            path = str(Path(str(v["model_repository"])).expanduser().resolve())
+            if path not in repositories:
+                repositories[path] = validate_repository(path)
+            v["model_repository"] = path
+    for v in all_vars.values():
+        if bundle is not None:
+            v["bundle"] = {"id": bundle.bundle_id, "triton_version": bundle.triton_version}
+        if v["model_repository"] in repositories:
+            v["repository"] = {"digest": repositories[v["model_repository"]].digest}
+    return book, all_vars, bundle, repositories
+
+
+def run_playbook(playbook_path: str | Path, hosts: list[Host], *, check: bool = False,
+                 extra_vars: dict | None = None, bundle_source: str | None = None, forks: int = 10,
+                 tags: tuple = (), reporter: Reporter | None = None, prepared=None, recap: bool = True,
+                 cancel: threading.Event | None = None) -> RunResult:
+    """Run a playbook on hosts in parallel (at most `forks` at once); `prepared` reuses a `prepare()` result."""
+    reporter = reporter or Reporter()
+    book, all_vars, bundle, repositories = prepared or prepare(playbook_path, hosts, extra_vars, bundle_source,
+                                                               progress=reporter.info)
+    reporter.start(book, hosts, check)
+    runs = {h.name: HostRun(h.name) for h in hosts}
+
+    def work(host: Host, conn: HostConnection) -> None:
+        hv = all_vars[host.name]
+        ctx = HostContext(host, conn, hv, check, bundle=bundle, repository=repositories.get(hv["model_repository"]),
+                          progress=lambda msg: reporter.progress(host.name, msg), connect_server=connect_server)
+        _run_host(book, ctx, runs[host.name], tags, reporter)
+
+    events = Events(unreachable=reporter.unreachable, failed=reporter.failed_host, note=reporter.progress)
+    results, interrupted = for_each_host(hosts, work, forks=forks, lock="" if check else book.path.stem,
+                                         events=events, cancel=cancel)
+    for res in results:
+        run = runs[res.host]
+        run.notes[:0] = res.notes
+        run.unreachable, run.error = bool(res.unreachable), res.unreachable or res.error or run.error
+    result = RunResult(str(book.path), check, [runs[h.name] for h in hosts], interrupted)
+    if recap:
+        reporter.recap(result)
+    return result
+
+
+def connect_server(ctx: HostContext) -> ServerClient:
+    """The host's server as the control machine reaches it (through SSH forwards for a loopback-bound one)."""
+    return ServerClient(endpoint_for(ctx.host.address, ctx.vars, ctx.conn))
+
+
+def _run_host(book, ctx: HostContext, run: HostRun, tags: tuple, reporter: Reporter) -> None:
+    started = time.monotonic()
+    ctx.facts = gather_facts(ctx.conn, str(ctx.vars["triton_user"]), str(ctx.vars["triton_model_repository_path"]))
+    run.facts_seconds = time.monotonic() - started
+    ctx.vars["facts"] = ctx.facts.as_dict()
+    ctx.vars["triton_packages"] = _packages_for(ctx)
+    run.facts = ctx.facts.summary()
+    run.release_before = ctx.facts.live.id if ctx.facts.live else ""
+    try:
+        run_plays(book, ctx, run, tags, reporter, MODULES)
+    finally:
+        run.live_release = ctx.facts.live_release
+        run.release_after = ctx.facts.live.id if ctx.facts.live else ""
+
+
+def _packages_for(ctx: HostContext) -> list[str]:
+    if "triton_packages" in ctx.host.vars:
+        return list(ctx.host.vars["triton_packages"] or [])
+    if not ctx.facts.python_version:
+        return []
+    try:
+        return layout.python_packages(ctx.facts.pkg_mgr, ctx.facts.python_version)
+    except TritonfleetError:
+        return []  # the preflight step reports the missing package manager with its fix
+
+
