@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from tritonfleet.triton import releases
 from tritonfleet.triton import layout
 from tritonfleet.engine.connection import RSYNC_ITEM
+from tritonfleet.engine.packages import install_command
 from tritonfleet.engine.spec import Module, Outcome
 from tritonfleet.errors import TritonfleetError
 from tritonfleet.paths import REPO_ROOT
@@ -52,16 +53,10 @@ def packages(ctx, args) -> Outcome:
     if not missing:
         return Outcome(msg=f"installed: {', '.join(names)}")
     if not ctx.check:
-        pkgs = " ".join(q(n) for n in missing)
-        if ctx.facts.pkg_mgr == "apt":
-            ctx.conn.run("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && "
-                         f"apt-get install -y -qq --no-install-recommends {pkgs}", timeout=900)
-        elif ctx.facts.pkg_mgr in ("dnf", "yum"):
-            ctx.conn.run(f"{ctx.facts.pkg_mgr} install -y {pkgs}", timeout=900)
-        elif ctx.facts.pkg_mgr == "zypper":
-            ctx.conn.run(f"zypper --non-interactive install {pkgs}", timeout=900)
-        else:
+        command = install_command(ctx.facts.pkg_mgr, missing)
+        if command is None:
             return Outcome(failed=True, msg=f"cannot install {', '.join(missing)}: no known package manager")
+        ctx.conn.run(command, timeout=900)
         ctx.facts.packages.update(missing)
     return _would(ctx, f"install {', '.join(missing)}")
 

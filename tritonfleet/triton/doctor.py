@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from tritonfleet.triton import signatures
 from tritonfleet.triton import layout
 from tritonfleet.engine.executor import for_each_host
+from tritonfleet.engine.packages import install_command
 from tritonfleet.errors import TritonfleetError
 from tritonfleet.triton.server import ServerClient, endpoint_for
 from tritonfleet.triton.signatures import BY_ID
@@ -560,18 +561,6 @@ def diagnose(conn, host, hostvars: dict, *, index_timeout: float = 3.0, server: 
 # fixes
 
 
-def _install_command(pkg_mgr: str, pkgs: list[str]) -> str | None:
-    names = " ".join(q(p) for p in pkgs)
-    if pkg_mgr == "apt":
-        return ("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && "
-                f"apt-get install -y -qq --no-install-recommends {names}")
-    if pkg_mgr in ("dnf", "yum"):
-        return f"{pkg_mgr} install -y {names}"
-    if pkg_mgr == "zypper":
-        return f"zypper --non-interactive install {names}"
-    return None
-
-
 _SLASHED_FLAG = re.compile(r"(--backend-directory[= ]\"?)(/[^\s\"]*?)/+(?=[\s\"]|$)", re.M)
 
 
@@ -589,7 +578,7 @@ def apply_fixes(conn, host, hostvars: dict, diagnosis: Diagnosis, *, wait_s: flo
             wanted.append(pkgs[0])
         if "numpy_missing" in sig_ids and len(pkgs) > 1:
             wanted.append(pkgs[1])
-        cmd = _install_command(c.ev.values.get("pkg_mgr", ""), wanted) if wanted else None
+        cmd = install_command(c.ev.values.get("pkg_mgr", ""), wanted) if wanted else None
         if cmd:
             progress(f"installing {', '.join(wanted)}")
             res = conn.run(cmd, check=False, timeout=900)
