@@ -256,14 +256,24 @@ def test_server_binds_to_the_addresses_the_inventory_names(deployed, tmp_path, f
         assert ports == ["127.0.0.1:8000", "127.0.0.1:8001"], listening
         smoke = next(s for s in report["hosts"][0]["steps"] if s["module"] == "smoke")
         assert smoke["status"] == "ok"
+        # status and the doctor reach the loopback-bound server through the same SSH forwards
+        status = invoke("status", "--host", HOST, "--inventory", inv, "--json")
+        assert status.returncode == 0, show(status)
+        row = report_of(status)["hosts"][0]
+        assert row["triton_version"] == "2.51.0" and row["drift"] == [], row
+        assert row["models"] and set(row["models"].values()) == {"READY"}, row
+        doctor = invoke("doctor", "--host", HOST, "--inventory", inv, "--json")
+        assert doctor.returncode == 0, show(doctor)
+        diagnosis = report_of(doctor)["hosts"][0]["diagnosis"]
+        assert diagnosis["ready"] and not [f for f in diagnosis["findings"] if f["severity"] == "error"], diagnosis
     finally:
         restore, _ = deploy()
     assert restore.returncode == 0, show(restore)
     assert "0.0.0.0:8000" in on_host(HOST, "ss -ltnH")
     fault_log("Security", "`triton_http_address: 127.0.0.1`, `triton_grpc_address: 127.0.0.1`",
               "`ss -ltn` on the host shows 127.0.0.1:8000 and 127.0.0.1:8001 only; the deploy passes, its readiness "
-              "wait and smoke test reaching the server through ports forwarded over SSH; restored by a deploy "
-              "without the vars")
+              "wait, smoke test, `status` (every model READY) and `doctor` (no error) reaching the server through "
+              "ports forwarded over SSH; restored by a deploy without the vars")
 
 
 # ---------------------------------------------------------------------------------------------- become
