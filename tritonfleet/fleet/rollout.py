@@ -15,7 +15,7 @@ from tritonfleet.paths import REPO_ROOT
 from tritonfleet.engine.report import Reporter
 from tritonfleet.engine.executor import NOT_STARTED, cancel_on_interrupt
 from tritonfleet.engine.runner import HostRun
-from tritonfleet.fleet.run import prepare, run_playbook
+from tritonfleet.fleet.run import Prepared, prepare, run_playbook
 
 DEPLOY = REPO_ROOT / "playbooks" / "deploy.yml"
 ROLLBACK = REPO_ROOT / "playbooks" / "rollback.yml"
@@ -137,13 +137,12 @@ def _run_batches(batches, canary, allowed, deploy, back, extra_vars, forks, repo
             break
 
 
-def _roll_back(host, run: HostRun, prepared, forks, reporter, result) -> tuple[str, str]:
+def _roll_back(host, run: HostRun, prepared: Prepared, forks, reporter, result) -> tuple[str, str]:
     """Put a failed host back on the release it had; it must pass the smoke test there."""
     reporter.progress(host.name, f"rolling back to {run.release_before}")
-    book, all_vars, bundle, repositories = prepared
-    all_vars = {**all_vars, host.name: {**all_vars[host.name], "rollback_to": run.release_before}}
     back = run_playbook(ROLLBACK, [host], forks=forks, reporter=reporter,
-                        prepared=(book, all_vars, bundle, repositories), recap=False).hosts[0]
+                        prepared=prepared.with_host_vars(host.name, rollback_to=run.release_before),
+                        recap=False).hosts[0]
     result.runs.append(back)
     if back.failed:
         return "rollback failed", back.release_after

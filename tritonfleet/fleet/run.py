@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tritonfleet.engine.connection import HostConnection
 from tritonfleet.engine.executor import Events, for_each_host
 from tritonfleet.engine.inventory import Host
-from tritonfleet.engine.playbook import load_playbook
+from tritonfleet.engine.playbook import Playbook, load_playbook
 from tritonfleet.engine.report import Reporter
 from tritonfleet.engine.runner import HostRun, RunResult, run_plays
 from tritonfleet.engine.spec import HostContext
@@ -24,6 +26,10 @@ from tritonfleet.triton import layout
 from tritonfleet.triton.facts import gather_facts
 from tritonfleet.triton.models import SHELL_SAFE
 from tritonfleet.triton.server import ServerClient, endpoint_for
+
+if TYPE_CHECKING:  # loaded only by the runs that need them
+    from tritonfleet.triton.bundle import Bundle
+    from tritonfleet.triton.models import Repository
 
 MAGIC_VARS = {"facts", "inventory_hostname", "inventory_dir", "group_names", "triton_server_args",
               "triton_root", "triton_unit_path", "triton_packages", "bundle", "repository"}
@@ -60,8 +66,25 @@ def checked_host_vars(hosts: list[Host], extra_vars: dict | None = None) -> dict
     return all_vars
 
 
+@dataclass
+class Prepared:
+    """A run checked before any host is touched: the playbook, every host's vars, the bundle, the repositories."""
+
+    book: Playbook
+    vars: dict[str, dict]  # host name -> its vars
+    bundle: Bundle | None = None
+    repositories: dict[str, Repository] = field(default_factory=dict)  # local path -> validated repository
+
+    def repository_of(self, host_name: str) -> Repository | None:
+        return self.repositories.get(self.vars[host_name]["model_repository"])
+
+    def with_host_vars(self, host_name: str, **extra) -> Prepared:
+        """The same run with more vars for one host (a rollback's target release)."""
+        return replace(self, vars={**self.vars, host_name: {**self.vars[host_name], **extra}})
+
+
 def prepare(playbook_path: str | Path, hosts: list[Host], extra_vars: dict | None = None,
-            bundle_source: str | None = None, progress=print):
+            bundle_source: str | None = None, progress=print) -> Prepared:
     """Everything that can be checked without a host; raises TritonfleetError before any host is touched."""
     all_vars = checked_host_vars(hosts, extra_vars)
     book = load_playbook(playbook_path, MODULES, _known_vars(list(all_vars.values())))
@@ -83,23 +106,24 @@ def prepare(playbook_path: str | Path, hosts: list[Host], extra_vars: dict | Non
             v["bundle"] = {"id": bundle.bundle_id, "triton_version": bundle.triton_version}
         if v["model_repository"] in repositories:
             v["repository"] = {"digest": repositories[v["model_repository"]].digest}
-    return book, all_vars, bundle, repositories
+    return Prepared(book, all_vars, bundle, repositories)
 
 
 def run_playbook(playbook_path: str | Path, hosts: list[Host], *, check: bool = False,
                  extra_vars: dict | None = None, bundle_source: str | None = None, forks: int = 10,
-                 tags: tuple = (), reporter: Reporter | None = None, prepared=None, recap: bool = True,
+                 tags: tuple = (), reporter: Reporter | None = None, prepared: Prepared | None = None,
+                 recap: bool = True,
                  cancel: threading.Event | None = None) -> RunResult:
     """Run a playbook on hosts in parallel (at most `forks` at once); `prepared` reuses a `prepare()` result."""
     reporter = reporter or Reporter()
-    book, all_vars, bundle, repositories = prepared or prepare(playbook_path, hosts, extra_vars, bundle_source,
-                                                               progress=reporter.info)
+    prepared = prepared or prepare(playbook_path, hosts, extra_vars, bundle_source, progress=reporter.info)
+    book = prepared.book
     reporter.start(book, hosts, check)
     runs = {h.name: HostRun(h.name) for h in hosts}
 
     def work(host: Host, conn: HostConnection) -> None:
-        hv = all_vars[host.name]
-        ctx = HostContext(host, conn, hv, check, bundle=bundle, repository=repositories.get(hv["model_repository"]),
+        ctx = HostContext(host, conn, prepared.vars[host.name], check, bundle=prepared.bundle,
+                          repository=prepared.repository_of(host.name),
                           progress=lambda msg: reporter.progress(host.name, msg), connect_server=connect_server)
         _run_host(book, ctx, runs[host.name], tags, reporter)
 

@@ -45,16 +45,15 @@ def host_status(host, conn, hostvars: dict) -> HostStatus:
 
 def fleet_status(hosts: list, extra_vars: dict | None = None, bundle_source: str | None = None,
                  progress=print, forks: int = 16) -> list[HostStatus]:
-    _, all_vars, bundle, repositories = prepare(REPO_ROOT / "playbooks" / "deploy.yml", hosts, extra_vars,
-                                                bundle_source, progress=progress)
-    results, _ = for_each_host(hosts, lambda h, conn: host_status(h, conn, all_vars[h.name]), forks=forks)
+    prepared = prepare(REPO_ROOT / "playbooks" / "deploy.yml", hosts, extra_vars, bundle_source, progress=progress)
+    results, _ = for_each_host(hosts, lambda h, conn: host_status(h, conn, prepared.vars[h.name]), forks=forks)
     rows = [r.value or HostStatus(r.host, error=r.unreachable or r.error) for r in results]
     releases = Counter(r.release for r in rows if r.reachable and r.release)
     majority = releases.most_common(1)[0][0] if releases else ""
     for row, host in zip(rows, hosts):
         if not row.reachable:
             continue
-        desired = f"{bundle.bundle_id}+{repositories[all_vars[host.name]['model_repository']].digest[:12]}"
+        desired = f"{prepared.bundle.bundle_id}+{prepared.repository_of(host.name).digest[:12]}"
         if row.release != desired:
             row.drift.append(f"release {row.release or 'none'} is not the inventory's {desired}")
         if len(releases) > 1 and row.release != majority:
