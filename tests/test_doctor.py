@@ -103,7 +103,8 @@ def healthy_after(host, quick_inventory):
     # the server still holds the broken state (a model repository repaired under a running server)
     invoke("deploy", "--host", HOST, "--inventory", str(quick_inventory))
     if doctor()[0].returncode != 0:
-        from tritonfleet.triton.server import Endpoint, ServerClient
+        from tritonfleet.triton.endpoint import Endpoint
+        from tritonfleet.triton.server import ServerClient
         on_host("systemctl reset-failed tritonserver; systemctl restart tritonserver")
         assert ServerClient(Endpoint(ADDRESS, 8000, 8001)).wait_ready(timeout_s=60)[0]
     proc, report = doctor()

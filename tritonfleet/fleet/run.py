@@ -25,7 +25,8 @@ from tritonfleet.modules import MODULES
 from tritonfleet.triton import layout
 from tritonfleet.triton.facts import gather_facts
 from tritonfleet.triton.models import SHELL_SAFE
-from tritonfleet.triton.server import ServerClient, endpoint_for
+from tritonfleet.triton.endpoint import endpoint_for
+from tritonfleet.triton.server import ServerClient
 
 if TYPE_CHECKING:  # loaded only by the runs that need them
     from tritonfleet.triton.bundle import Bundle

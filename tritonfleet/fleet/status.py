@@ -9,7 +9,8 @@ from tritonfleet.engine.executor import for_each_host
 from tritonfleet.fleet.run import prepare
 from tritonfleet.paths import REPO_ROOT
 from tritonfleet.triton.facts import gather_facts
-from tritonfleet.triton.server import ServerClient, endpoint_for
+from tritonfleet.triton.endpoint import endpoint_for
+from tritonfleet.triton.server import ServerClient
 
 
 @dataclass

@@ -1,9 +1,9 @@
-"""One client for a host's Triton server, from the control machine: where it is, and every call tritonfleet makes.
+"""One client for a host's Triton server, from the control machine: every call tritonfleet makes to it.
 
-`endpoint_for` says where the control machine reaches a host's server: its address, or, for a server bound to
-the host's loopback only, ports forwarded over the host's SSH connection. `ServerClient` speaks the KServe v2
+`ServerClient` speaks the KServe v2
 HTTP API there (health, server metadata, repository index, load and unload, statistics) with bounded timeouts
-and no proxy; the smoke test (tritonclient over HTTP and gRPC) takes the same endpoint. Readiness waits,
+and no proxy, at an `Endpoint` (`tritonfleet.triton.endpoint`); the smoke test (tritonclient over HTTP and gRPC)
+takes the same endpoint. Readiness waits,
 smoke tests, status, the doctor and explicit-mode reloads all go through here, so the loopback case works in all.
 """
 
@@ -14,53 +14,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
-
-from tritonfleet.triton import layout
+from tritonfleet.triton.endpoint import Endpoint, short_error
 
 # Smoke and readiness traffic goes straight to the host, whatever http_proxy the environment sets.
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where the control machine reaches a server; `via` says how, for messages ("" when direct)."""
-
-    address: str
-    http_port: int
-    grpc_port: int
-    via: str = ""
-
-    @property
-    def host(self) -> str:
-        """The address as it goes in a URL (an IPv6 literal in brackets)."""
-        if ":" in self.address and not self.address.startswith("["):
-            return f"[{self.address}]"
-        return self.address
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.http_port}" + (f" ({self.via})" if self.via else "")
-
-
-def endpoint_for(address: str, hostvars: dict, conn=None) -> Endpoint:
-    """The endpoint of the server a host runs with these vars; a loopback-bound one through SSH forwards on conn."""
-    http, grpc = int(hostvars["triton_http_port"]), int(hostvars["triton_grpc_port"])
-    if layout.is_loopback(str(hostvars["triton_http_address"])):
-        if conn is None:
-            raise ValueError("a server bound to the host's loopback is reached through its SSH connection")
-        local_http, local_grpc = conn.forward([http, grpc])
-        return Endpoint("127.0.0.1", local_http, local_grpc, via=f"SSH forward to {address} loopback:{http}/{grpc}")
-    return Endpoint(address, http, grpc)
-
-
-def short_error(exc: BaseException) -> str:
-    """The first line of an exception's text, bounded: what a person reads in a recap."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]
 
 
 class ServerClient:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonfleet.triton.server import Endpoint, short_error
+from tritonfleet.triton.endpoint import Endpoint, short_error
 
 PROTOCOLS = ("http", "grpc")
 DYNAMIC_DIM = 1  # size given to a -1 dimension
