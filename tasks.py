@@ -1,4 +1,8 @@
-"""Invoke tasks: parse options, call the engine in `tritonfleet/`. Run `invoke --list` to see them."""
+"""Invoke tasks: parse options, call the engine in `tritonfleet/`. Run `invoke --list` to see them.
+
+An option not given (--inventory, --forks, --bundle) comes from the `tritonfleet:` section of Invoke's
+configuration (tritonfleet/cli.py CONFIG_DEFAULTS), so a project can set it once in an invoke.yaml here.
+"""
 
 from invoke import Collection, task
 
@@ -10,9 +14,10 @@ HELP = {
     "models": "model repository on this machine (overrides the inventory var model_repository)",
     "check": "show what would change, change nothing",
     "json": "print a machine-readable report on stdout",
-    "inventory": "inventory file (default: inventory/hosts.yml)",
-    "bundle": "Triton bundle: a directory or tarball of /opt/tritonserver, or a built .tar.gz (default: pinned wheel)",
-    "forks": "hosts worked on at once",
+    "inventory": "inventory file (default: tritonfleet.inventory in Invoke's configuration, inventory/hosts.yml)",
+    "bundle": "Triton bundle: a directory or tarball of /opt/tritonserver, or a built .tar.gz "
+              "(default: tritonfleet.bundle in Invoke's configuration, else the pinned wheel)",
+    "forks": "hosts worked on at once (default: tritonfleet.forks in Invoke's configuration, 10)",
     "verbose": "show every step's message, not only changes and failures",
 }
 
@@ -20,10 +25,10 @@ HELP = {
 def _playbook_task(name: str, playbook: str, doc: str):
     @task(name=name, help=HELP)
     def run(c, host=None, group=None, models=None, check=False, json=False, inventory=None, bundle=None,
-            forks="10", verbose=False):
-        cli.run_playbook_command(playbook, host=host, group=group, models=models, check=check,
-                                 json_output=json, inventory=inventory, bundle=bundle, forks=forks,
-                                 verbose=verbose)
+            forks=None, verbose=False):
+        cli.run_playbook_command(playbook, host=host, group=group, models=models, check=check, json_output=json,
+                                 verbose=verbose,
+                                 **cli.configured(c.config, inventory=inventory, bundle=bundle, forks=forks))
 
     run.__doc__ = doc
     return run
@@ -39,11 +44,12 @@ smoke = _playbook_task("smoke", "smoke.yml", "Smoke-test every model remotely ov
 @task(help={**{k: v for k, v in HELP.items() if k != "check"}, "canary": "hosts deployed first, alone (default 1)",
             "batch": "hosts per batch after the canary: N or P% (default 25%)",
             "max_fail": "failed or unreachable hosts tolerated before the rollout stops: N or P% (default 0)"})
-def rollout(c, group=None, host=None, canary="1", batch="25%", max_fail="0", forks="10", models=None, json=False,
+def rollout(c, group=None, host=None, canary="1", batch="25%", max_fail="0", forks=None, models=None, json=False,
             inventory=None, bundle=None, verbose=False):
     """Deploy to a group in batches, canary first; roll failed hosts back to their previous release."""
-    cli.rollout_command(group=group, host=host, canary=canary, batch=batch, max_fail=max_fail, forks=forks,
-                        models=models, json_output=json, inventory=inventory, bundle=bundle, verbose=verbose)
+    cli.rollout_command(group=group, host=host, canary=canary, batch=batch, max_fail=max_fail, models=models,
+                        json_output=json, verbose=verbose,
+                        **cli.configured(c.config, inventory=inventory, bundle=bundle, forks=forks))
 
 
 rollback = _playbook_task("rollback", "rollback.yml", "Switch hosts back to their previous release and smoke-test it.")
@@ -52,32 +58,35 @@ rollback = _playbook_task("rollback", "rollback.yml", "Switch hosts back to thei
 @task(name="status", help={k: HELP[k] for k in ("host", "group", "models", "json", "inventory", "bundle")})
 def fleet_status(c, group=None, host=None, models=None, json=False, inventory=None, bundle=None):
     """Per host: release, Triton version, service state and uptime, model states; marks drift."""
-    cli.status_command(group=group, host=host, models=models, json_output=json, inventory=inventory, bundle=bundle)
+    cli.status_command(group=group, host=host, models=models, json_output=json,
+                       **cli.configured(c.config, inventory=inventory, bundle=bundle))
 
 
 @task(help={"host": HELP["host"], "group": HELP["group"], "fix": "apply the safe fixes, restart, check again",
             "json": HELP["json"], "inventory": HELP["inventory"]})
 def doctor(c, host=None, group=None, fix=False, json=False, inventory=None):
     """Diagnose Triton's Python backend on hosts: every finding with its evidence and fix."""
-    cli.doctor_command(host=host, group=group, fix=fix, json_output=json, inventory=inventory)
+    cli.doctor_command(host=host, group=group, fix=fix, json_output=json,
+                       **cli.configured(c.config, inventory=inventory))
 
 
 @task(name="diff", help={k: HELP[k] for k in ("host", "group", "models", "json", "inventory")})
 def models_diff(c, host=None, group=None, models=None, json=False, inventory=None):
     """Show what sync-models would change on hosts: models added, removed, changed, and their files."""
-    cli.models_diff_command(host=host, group=group, models=models, json_output=json, inventory=inventory)
+    cli.models_diff_command(host=host, group=group, models=models, json_output=json,
+                            **cli.configured(c.config, inventory=inventory))
 
 
 @task(help={"source": HELP["bundle"]})
 def bundle(c, source=None):
     """Build (or reuse) the versioned, checksummed Triton bundle pushed to hosts."""
-    cli.bundle_command(source)
+    cli.bundle_command(**cli.configured(c.config, bundle=source))
 
 
 @task(name="up", help={"hosts": "how many hosts of group lab to bring up (gpu01..)", "inventory": HELP["inventory"]})
 def lab_up(c, hosts="2", inventory=None):
     """Bring up lab hosts: real systemd hosts in network namespaces, reached over SSH."""
-    cli.lab_up_command(hosts, inventory)
+    cli.lab_up_command(hosts, **cli.configured(c.config, inventory=inventory))
 
 
 @task(name="down")
@@ -95,3 +104,4 @@ def lab_status(c):
 ns = Collection(deploy, provision, sync_models, start, smoke, rollout, rollback, fleet_status, bundle, doctor)
 ns.add_collection(Collection("lab", lab_up, lab_down, lab_status))
 ns.add_collection(Collection("models", models_diff))
+ns.configure({"tritonfleet": cli.CONFIG_DEFAULTS})

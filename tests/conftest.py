@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tritonfleet import faultreport
 from tritonfleet import lab as labmod
 from tritonfleet.lab import LabHost
 from tritonfleet.paths import REPO_ROOT
@@ -61,3 +62,13 @@ def lab():
         yield handle
         if os.environ.get("TRITONFLEET_KEEP_LAB") != "1":
             handle.down()
+
+
+@pytest.fixture(scope="session")
+def fault_records(request, tmp_path_factory) -> Path:
+    """Where `fault_log` writes. tests/faults.json is tracked and feeds the README's table, so only a run
+    that includes the lab tests (the whole suite, as CI runs it) writes there; any other run, the unit tier
+    included, writes to a file of its own and leaves the checkout as it was."""
+    if any(item.get_closest_marker("lab") for item in request.session.items):
+        return faultreport.RECORDS
+    return tmp_path_factory.mktemp("faults") / "faults.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 
@@ -55,6 +56,27 @@ def write_inventory(path, hosts: dict, *, group="lab", known_hosts=None, user="r
     return str(path)
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on: a connection there is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_inventory(path, names=("gpu08",), **group_vars) -> str:
+    """An inventory for unit tests: its hosts are 127.0.0.1 on a port nothing listens on, with a known_hosts
+    of their own, so a run that gets past the input checks finds them unreachable at once and never
+    reaches a lab host (or the repository's inventory)."""
+    known_hosts = path.parent / "known_hosts"
+    known_hosts.touch()
+    data = {"all": {
+        "vars": {"ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts}", **group_vars},
+        "hosts": {name: {"ansible_host": "127.0.0.1", "ansible_port": closed_port()} for name in names},
+    }}
+    path.write_text(yaml.safe_dump(data, sort_keys=False, width=1000))
+    return str(path)
+
+
 def wait_for(predicate, timeout: float, interval: float = 1.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     last = None
@@ -67,16 +89,16 @@ def wait_for(predicate, timeout: float, interval: float = 1.0, what: str = "cond
 
 
 @pytest.fixture
-def fault_log(request):
+def fault_log(request, fault_records):
     """Call `note(area, fault, outcome)` at the END of a test (after its asserts): the record is what the
     README section is generated from, so only faults whose test passed its checks are listed."""
     test_id = request.node.nodeid
-    faultreport.forget(test_id)
+    faultreport.forget(test_id, fault_records)
     count = [0]
 
     def note(area: str, fault: str, outcome: str) -> None:
         count[0] += 1
-        faultreport.record(f"{test_id}#{count[0]}", area, fault, outcome)
+        faultreport.record(f"{test_id}#{count[0]}", area, fault, outcome, fault_records)
 
     return note
 

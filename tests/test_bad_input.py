@@ -1,4 +1,7 @@
-"""Bad input on the control machine: a clear error, a non-zero exit, no traceback, no host touched."""
+"""Bad input on the control machine: a clear error, a non-zero exit, no traceback, no host touched.
+
+Every run uses an inventory of its own (tests/labkit.py `local_inventory`: hosts on 127.0.0.1, a port nothing
+listens on), never the repository's, so a check that let a run through could not reach a lab host."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import subprocess
 
 import pytest
 
-from labkit import fault_log, invoke, show, write_inventory  # noqa: F401  (fixture)
+from labkit import closed_port, fault_log, invoke, local_inventory, show  # noqa: F401  (fixture)
 from tritonfleet.paths import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "examples" / "models"
@@ -30,10 +33,7 @@ def test_empty_inventory(tmp_path, fault_log):
 
 
 def test_missing_key_file(tmp_path, fault_log):
-    known_hosts = tmp_path / "known_hosts"  # present, whether or not the lab is up: the key is what is missing
-    known_hosts.write_text("")
-    inv = write_inventory(tmp_path / "hosts.yml", {"gpu08": {}}, known_hosts=known_hosts,
-                          lab_vars={"ansible_ssh_private_key_file": str(tmp_path / "no-such-key")})
+    inv = local_inventory(tmp_path / "hosts.yml", ansible_ssh_private_key_file=str(tmp_path / "no-such-key"))
     proc = invoke("smoke", "--host", "gpu08", "--inventory", inv, "--json")
     assert proc.returncode == 1, show(proc)
     no_traceback(proc)
@@ -44,7 +44,8 @@ def test_missing_key_file(tmp_path, fault_log):
 
 
 def test_missing_model_repository(tmp_path, fault_log):
-    proc = invoke("sync-models", "--host", "gpu08", "--models", str(tmp_path / "nope"))
+    inv = local_inventory(tmp_path / "hosts.yml")
+    proc = invoke("sync-models", "--host", "gpu08", "--inventory", inv, "--models", str(tmp_path / "nope"))
     assert proc.returncode == 2, show(proc)
     no_traceback(proc)
     assert "does not exist" in proc.stderr
@@ -58,14 +59,17 @@ def test_unreadable_model_repository(tmp_path, fault_log):
     shutil.copytree(EXAMPLES, repo)
     tmp_path.chmod(0o755)
     (repo / "add_sub" / "config.pbtxt").chmod(0o000)
+    inv = local_inventory(tmp_path / "hosts.yml")
     # root reads anything; drop CAP_DAC_OVERRIDE/READ_SEARCH so the run sees the permissions a user would
-    proc = subprocess.run([*NO_DAC, "invoke", "sync-models", "--host", "gpu08", "--models", str(repo)],
+    proc = subprocess.run([*NO_DAC, "invoke", "sync-models", "--host", "gpu08", "--inventory", inv,
+                           "--models", str(repo)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, show(proc)
     no_traceback(proc)
     assert "config.pbtxt cannot be read: Permission denied" in proc.stderr
     repo.chmod(0o000)
-    proc = subprocess.run([*NO_DAC, "invoke", "sync-models", "--host", "gpu08", "--models", str(repo)],
+    proc = subprocess.run([*NO_DAC, "invoke", "sync-models", "--host", "gpu08", "--inventory", inv,
+                           "--models", str(repo)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     repo.chmod(0o755)
     assert proc.returncode == 2, show(proc)
@@ -86,11 +90,12 @@ def test_unknown_task_option(fault_log):
               f"exit {proc.returncode}, invoke says `{(proc.stderr + proc.stdout).strip()}`; nothing runs")
 
 
-def test_unknown_host_and_group(fault_log):
-    proc = invoke("deploy", "--host", "gpu99")
+def test_unknown_host_and_group(tmp_path, fault_log):
+    inv = local_inventory(tmp_path / "hosts.yml", names=("gpu07", "gpu08"))
+    proc = invoke("deploy", "--host", "gpu99", "--inventory", inv)
     assert proc.returncode == 2 and "unknown host 'gpu99'" in proc.stderr and "gpu08" in proc.stderr, show(proc)
     no_traceback(proc)
-    proc = invoke("deploy", "--group", "nogroup")
+    proc = invoke("deploy", "--group", "nogroup", "--inventory", inv)
     assert proc.returncode == 2 and "unknown group 'nogroup'" in proc.stderr, show(proc)
     no_traceback(proc)
     fault_log("Bad input (control machine)", "`--host gpu99` / `--group nogroup` not in the inventory",
@@ -100,7 +105,8 @@ def test_unknown_host_and_group(fault_log):
 def refused_input(tmp_path, gpu08_vars: str, task: str):
     """Run `task` on gpu08 with these host vars; it must be refused as bad input (exit 2, no traceback)."""
     inv = tmp_path / "hosts.yml"
-    inv.write_text(f"all:\n  hosts:\n    gpu08: {{ansible_host: 10.213.0.18, {gpu08_vars}}}\n")
+    inv.write_text(f"all:\n  hosts:\n    gpu08: {{ansible_host: 127.0.0.1, ansible_port: {closed_port()}, "
+                   f"{gpu08_vars}}}\n")
     proc = invoke(task, "--host", "gpu08", "--inventory", str(inv))
     assert proc.returncode == 2, show(proc)
     no_traceback(proc)
@@ -111,8 +117,9 @@ def test_error_text_with_brackets_is_printed_not_parsed_as_markup(tmp_path):
     refused_input(tmp_path, "x: '{{ [/bold] nope }}'", "deploy")
 
 
-def test_non_numeric_forks():
-    proc = invoke("smoke", "--host", "gpu08", "--forks", "abc", "--check")
+def test_non_numeric_forks(tmp_path):
+    inv = local_inventory(tmp_path / "hosts.yml")
+    proc = invoke("smoke", "--host", "gpu08", "--inventory", inv, "--forks", "abc", "--check")
     assert proc.returncode == 2
     assert "--forks must be a whole number, got 'abc'" in proc.stderr
     no_traceback(proc)

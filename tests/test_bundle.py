@@ -1,4 +1,8 @@
-"""Tests of the Triton bundle, including a real tritonserver started from an extracted bundle."""
+"""Tests of the Triton bundle, including a real tritonserver started from an extracted bundle.
+
+The tests that build the bundle from the pinned nvidia-pytriton wheel (55 MB) or start tritonserver are
+marked `server`: they take tens of seconds, and they take the wheel from the cache `invoke bundle` fills.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from tritonfleet.triton import bundle as bmod
 from tritonfleet.triton.bundle import (PYTRITON_SHA256, PYTRITON_WHEEL, Bundle, build_bundle,
                                 default_bundle, elf_dynamic, load_bundle, stub_python_version)
 from tritonfleet.errors import TritonfleetError
+from tritonfleet.paths import CACHE_DIR
 
 LOCAL_WHEEL = Path("/tmp/wheel") / PYTRITON_WHEEL
 ALL_PYTHONS = ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13")
@@ -31,10 +36,13 @@ def _sha256(path: Path) -> str:
 
 
 def _seed_wheel(cache: Path) -> None:
-    """Put the pinned wheel into a cache without the network when a copy is at hand."""
-    if LOCAL_WHEEL.is_file() and _sha256(LOCAL_WHEEL) == PYTRITON_SHA256:
-        (cache / "wheels").mkdir(parents=True, exist_ok=True)
-        shutil.copy(LOCAL_WHEEL, cache / "wheels" / PYTRITON_WHEEL)
+    """Put the pinned wheel into a test cache without the network when a copy is at hand: the one
+    `invoke bundle` keeps, or one in /tmp/wheel."""
+    for wheel in (CACHE_DIR / "wheels" / PYTRITON_WHEEL, LOCAL_WHEEL):
+        if wheel.is_file() and _sha256(wheel) == PYTRITON_SHA256:
+            (cache / "wheels").mkdir(parents=True, exist_ok=True)
+            shutil.copy(wheel, cache / "wheels" / PYTRITON_WHEEL)
+            return
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +109,7 @@ def fake_tree(extracted, tmp_path) -> Path:
 
 # --- the pinned wheel ------------------------------------------------------------------------------
 
+@pytest.mark.server
 def test_manifest_and_sidecar(wheel_bundle):
     m = _manifest(wheel_bundle.path)
     assert m["triton_version"] == "2.51.0" == wheel_bundle.triton_version
@@ -117,6 +126,7 @@ def test_manifest_and_sidecar(wheel_bundle):
     assert wheel_bundle.path.parent == bmod.CACHE_DIR / "bundles"
 
 
+@pytest.mark.server
 def test_python_versions_detected_from_elf(wheel_bundle, extracted):
     assert wheel_bundle.python_versions == ALL_PYTHONS
     for v in ALL_PYTHONS:
@@ -127,6 +137,7 @@ def test_python_versions_detected_from_elf(wheel_bundle, extracted):
     assert stub_python_version(extracted / "bin" / "tritonserver") is None
 
 
+@pytest.mark.server
 @pytest.mark.skipif(not shutil.which("readelf"), reason="readelf (binutils) is not installed")
 def test_elf_reader_agrees_with_readelf(extracted):
     for rel in ("bin/tritonserver", "python_backend_stubs/3.12/" + STUB,
@@ -137,6 +148,7 @@ def test_elf_reader_agrees_with_readelf(extracted):
         assert elf_dynamic(extracted / rel)["needed"] == needed
 
 
+@pytest.mark.server
 def test_layout_modes_and_determinism_of_entries(wheel_bundle, extracted):
     members = _members(wheel_bundle.path)
     names = [t.name for t in members]
@@ -157,6 +169,7 @@ def test_layout_modes_and_determinism_of_entries(wheel_bundle, extracted):
     assert all(not m & 0o022 for m in mode.values())
 
 
+@pytest.mark.server
 def test_rebuild_is_byte_identical_and_cache_is_reused(wheel_bundle, cache, tmp_path, monkeypatch):
     # Cached: same source, no re-packing.
     messages: list[str] = []
@@ -178,6 +191,7 @@ def test_rebuild_is_byte_identical_and_cache_is_reused(wheel_bundle, cache, tmp_
     assert rebuilt.path != wheel_bundle.path
 
 
+@pytest.mark.server
 def test_load_bundle_checks_size_and_sha(wheel_bundle, tmp_path):
     assert load_bundle(wheel_bundle.path) == wheel_bundle
     assert load_bundle(wheel_bundle.path.with_suffix("").with_suffix(".json")) == wheel_bundle
@@ -204,6 +218,7 @@ def test_load_bundle_checks_size_and_sha(wheel_bundle, tmp_path):
         load_bundle(copy)
 
 
+@pytest.mark.server
 def test_missing_stub_names_both_versions(wheel_bundle):
     assert wheel_bundle.stub_path("3.11") == f"python_backend_stubs/3.11/{STUB}"
     assert wheel_bundle.stub_path("3.12.3") == f"python_backend_stubs/3.12/{STUB}"
@@ -214,6 +229,7 @@ def test_missing_stub_names_both_versions(wheel_bundle):
     assert err.value.hint
 
 
+@pytest.mark.server
 def test_pinned_wheel_is_fetched_with_require_hashes(cache, tmp_path, monkeypatch):
     """pip is asked for exactly the pinned hash; a cached wheel with a wrong hash is replaced."""
     empty = tmp_path / "c"
@@ -266,6 +282,7 @@ def _check_normalised(b: Bundle, fake_tree: Path) -> None:
     assert "3.12" in str(err.value) and "3.11" in str(err.value)
 
 
+@pytest.mark.server
 def test_source_directory_is_normalised_and_cached(cache, fake_tree):
     messages: list[str] = []
     b = build_bundle(fake_tree.parent.parent, progress=messages.append)  # export/ holds opt/tritonserver
@@ -279,6 +296,7 @@ def test_source_directory_is_normalised_and_cached(cache, fake_tree):
     assert build_bundle(fake_tree.parent.parent, progress=lambda m: None).sha256 != b.sha256
 
 
+@pytest.mark.server
 def test_source_tarball_is_normalised(cache, fake_tree, tmp_path):
     tgz = tmp_path / "tritonserver-export.tar.gz"
     with tarfile.open(tgz, "w:gz") as tf:
@@ -290,6 +308,7 @@ def test_source_tarball_is_normalised(cache, fake_tree, tmp_path):
     assert again == b
 
 
+@pytest.mark.server
 def test_tree_errors_are_actionable(cache, tmp_path, fake_tree):
     with pytest.raises(TritonfleetError, match="no bin/tritonserver") as err:
         build_bundle(tmp_path / "export" / "opt" / "tritonserver" / "lib", progress=lambda m: None)
@@ -362,6 +381,7 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+@pytest.mark.server
 def test_real_tritonserver_serves_a_python_model(wheel_bundle, tmp_path):
     version = _stub_python_here(wheel_bundle.python_versions)
     if version is None:

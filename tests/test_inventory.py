@@ -1,9 +1,13 @@
-"""The inventory loader reads Ansible's YAML format with Ansible's precedence, and reports bad input clearly."""
+"""The inventory loader reads Ansible's YAML format with Ansible's precedence, and reports bad input clearly;
+a task uses the inventory given on its command line, else the one Invoke's configuration names."""
 
+import os
 import textwrap
 
 import pytest
+import yaml
 
+from labkit import invoke, local_inventory, show
 from tritonfleet.errors import InventoryError
 from tritonfleet.engine.inventory import DEFAULT_INVENTORY, load_inventory
 
@@ -152,3 +156,38 @@ def test_empty_inventory_and_undefined_jinja_are_errors(tmp_path):
     inv = write(tmp_path, "bad.yml", "all:\n  hosts:\n    h: {x: '{{ nothere }}'}\n")
     with pytest.raises(InventoryError, match="nothere"):
         load_inventory(inv).host("h")
+
+
+# which inventory a task uses: --inventory, else Invoke's configuration (section tritonfleet)
+
+def _invoke_without_tritonfleet_env(*args, **env):
+    """`invoke ARGS` with only the INVOKE_TRITONFLEET_* variables given here, whatever this shell has."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_TRITONFLEET_")}
+    return invoke(*args, env={**clean, **env}, timeout=60)
+
+
+def test_a_config_file_sets_the_default_inventory(tmp_path):
+    inv = local_inventory(tmp_path / "hosts.yml", names=("configured01",))
+    config = tmp_path / "invoke.yaml"
+    config.write_text(yaml.safe_dump({"tritonfleet": {"inventory": inv}}))
+    proc = _invoke_without_tritonfleet_env("-f", str(config), "smoke", "--check")
+    assert proc.returncode == 1, show(proc)
+    assert "configured01 UNREACHABLE" in proc.stderr, show(proc)
+
+
+def test_the_command_line_beats_the_environment_which_beats_the_default(tmp_path):
+    configured = local_inventory(tmp_path / "configured.yml", names=("configured01",))
+    given = local_inventory(tmp_path / "given.yml", names=("given01",))
+    proc = _invoke_without_tritonfleet_env("smoke", "--check", "--inventory", given,
+                                           INVOKE_TRITONFLEET_INVENTORY=configured)
+    assert proc.returncode == 1 and "given01 UNREACHABLE" in proc.stderr, show(proc)
+    assert "configured01" not in proc.stderr
+    proc = _invoke_without_tritonfleet_env("smoke", "--check", INVOKE_TRITONFLEET_INVENTORY=configured)
+    assert proc.returncode == 1 and "configured01 UNREACHABLE" in proc.stderr, show(proc)
+
+
+def test_forks_from_the_environment_is_checked_like_the_option(tmp_path):
+    inv = local_inventory(tmp_path / "hosts.yml")
+    proc = _invoke_without_tritonfleet_env("smoke", "--check", "--inventory", inv, INVOKE_TRITONFLEET_FORKS="abc")
+    assert proc.returncode == 2 and "--forks must be a whole number, got 'abc'" in proc.stderr, show(proc)
+    assert "Traceback" not in proc.stderr

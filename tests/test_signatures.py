@@ -68,7 +68,7 @@ def test_match_lines_keeps_table_order_and_first_line():
 
 def test_readme_troubleshooting_section_is_generated_from_the_table():
     section = signatures.readme_section(signatures.README.read_text())
-    assert section == signatures.markdown(), "run: python3 -m tritonfleet.signatures --markdown"
+    assert section == signatures.markdown(), "run: python3 -m tritonfleet.triton.signatures --markdown"
     for sig in SIGNATURES:
         assert sig.link in section
 

@@ -1,8 +1,8 @@
 """Smoke test: unit tests of input building, and runs against a real tritonserver on 127.0.0.1.
 
 The real-server tests lay out the Triton tree shipped in the `nvidia-pytriton` wheel the way
-/opt/tritonserver looks on a host, and start it on free loopback ports. They are skipped (with the
-reason) when no wheel, no shared libpython or no numpy for the stub's Python is on this machine.
+/opt/tritonserver looks on a host, and start it on free loopback ports; they are marked `server`. They are
+skipped (with the reason) when no wheel, no shared libpython or no numpy for the stub's Python is on this machine.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tritonfleet.paths import CACHE_DIR, REPO_ROOT
-from tritonfleet.triton.server import Endpoint, ServerClient
+from tritonfleet.triton.endpoint import Endpoint
+from tritonfleet.triton.server import ServerClient
 from tritonfleet.triton.smoke import (DYNAMIC_DIM, ModelSmoke, SkipInference, SmokeReport, build_inputs,
                                      grpc_answers_as_http, smoke_test)
 
@@ -294,6 +295,7 @@ def start_server(triton_root, tmp_path):
         server.stop()
 
 
+@pytest.mark.server
 def test_examples_pass_smoke_test_on_real_server(start_server, tmp_path):
     # A copy: the stub ignores PYTHONDONTWRITEBYTECODE and would leave __pycache__ in the checkout.
     repo = tmp_path / "models"
@@ -339,6 +341,7 @@ def test_examples_pass_smoke_test_on_real_server(start_server, tmp_path):
         grpc.close()
 
 
+@pytest.mark.server
 def test_model_with_syntax_error_is_reported_not_ready(start_server, tmp_path):
     repo = tmp_path / "models"
     shutil.copytree(EXAMPLES / "add_sub", repo / "add_sub")

@@ -16,6 +16,28 @@ from tritonfleet.engine.report import Reporter, redact
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
+CONFIG_DEFAULTS = {"inventory": str(DEFAULT_INVENTORY), "forks": "10", "bundle": None}
+"""The `tritonfleet:` section of Invoke's configuration: what a task uses when its option is not given. A
+project sets its own in an invoke.yaml beside tasks.py, as it would in ansible.cfg; ~/.invoke.yaml,
+/etc/invoke.yaml, `invoke -f FILE` and INVOKE_TRITONFLEET_INVENTORY (_FORKS, _BUNDLE) work too. forks is
+text, as on the command line: Invoke casts an environment variable to the default's type, and would
+answer INVOKE_TRITONFLEET_FORKS=abc with a traceback instead of count_option's error."""
+
+
+def configured(config, **given) -> dict:
+    """Each option as given on the command line, or else from the `tritonfleet` configuration. A relative
+    path from the configuration is relative to the project folder (where tasks.py and invoke.yaml are), as
+    ansible.cfg's are relative to its own folder; one on the command line is relative to the current folder."""
+    section = config.tritonfleet
+    options = {}
+    for name, value in given.items():
+        if value is None:
+            value = section[name]
+            if name in ("inventory", "bundle") and value is not None:
+                value = str(REPO_ROOT / value)
+        options[name] = value
+    return options
+
 
 class CommandFailed(SystemExit):
     """Ends the command with a non-zero exit and no traceback."""
@@ -54,9 +76,9 @@ def clear_errors(fn):
 
 @clear_errors
 def run_playbook_command(playbook: str, *, host=None, group=None, models=None, check=False, json_output=False,
-                         inventory=None, bundle=None, forks=10, verbose=False) -> None:
+                         inventory, bundle, forks, verbose=False) -> None:
     from tritonfleet.fleet.run import run_playbook
-    inv = load_inventory(inventory or DEFAULT_INVENTORY)
+    inv = load_inventory(inventory)
     hosts = inv.select(host=host, group=group)
     extra = {"model_repository": models} if models else {}
     result = run_playbook(REPO_ROOT / "playbooks" / playbook, hosts, check=check, extra_vars=extra,
@@ -69,10 +91,10 @@ def run_playbook_command(playbook: str, *, host=None, group=None, models=None, c
 
 
 @clear_errors
-def rollout_command(*, group=None, host=None, canary=1, batch="25%", max_fail="0", forks=10, models=None,
-                    json_output=False, inventory=None, bundle=None, verbose=False) -> None:
+def rollout_command(*, group=None, host=None, canary=1, batch="25%", max_fail="0", forks, models=None,
+                    json_output=False, inventory, bundle, verbose=False) -> None:
     from tritonfleet.fleet.rollout import rollout
-    hosts = load_inventory(inventory or DEFAULT_INVENTORY).select(host=host, group=group)
+    hosts = load_inventory(inventory).select(host=host, group=group)
     result = rollout(hosts, canary=count_option(canary, "canary", 0), batch=batch, max_fail=max_fail,
                      forks=count_option(forks, "forks"),
                      extra_vars={"model_repository": models} if models else {}, bundle_source=bundle,
@@ -84,11 +106,11 @@ def rollout_command(*, group=None, host=None, canary=1, batch="25%", max_fail="0
 
 
 @clear_errors
-def status_command(*, group=None, host=None, models=None, json_output=False, inventory=None, bundle=None) -> None:
+def status_command(*, group=None, host=None, models=None, json_output=False, inventory, bundle) -> None:
     import json
 
     from tritonfleet.fleet.status import as_dicts, fleet_status
-    hosts = load_inventory(inventory or DEFAULT_INVENTORY).select(host=host, group=group)
+    hosts = load_inventory(inventory).select(host=host, group=group)
     rows = fleet_status(hosts, {"model_repository": models} if models else {}, bundle, progress=console.print)
     table = Table("host", "reachable", "triton", "release", "service", "uptime", "restarts", "models", "drift")
     for r in rows:
@@ -104,13 +126,13 @@ def status_command(*, group=None, host=None, models=None, json_output=False, inv
 
 
 @clear_errors
-def doctor_command(*, host=None, group=None, fix=False, json_output=False, inventory=None) -> None:
+def doctor_command(*, host=None, group=None, fix=False, json_output=False, inventory) -> None:
     """Diagnose hosts (and with fix, repair what is safe); exit 1 while any error finding remains."""
     import json
 
     from tritonfleet.fleet.run import checked_host_vars
     from tritonfleet.triton import doctor
-    inv = load_inventory(inventory or DEFAULT_INVENTORY)
+    inv = load_inventory(inventory)
     hosts = inv.select(host=host, group=group)
     out = Console(stderr=json_output, highlight=False, soft_wrap=True)
     reports = doctor.run_doctor(hosts, checked_host_vars(hosts), fix=bool(fix),
@@ -140,14 +162,14 @@ def doctor_command(*, host=None, group=None, fix=False, json_output=False, inven
 
 
 @clear_errors
-def models_diff_command(*, host=None, group=None, models=None, json_output=False, inventory=None) -> None:
+def models_diff_command(*, host=None, group=None, models=None, json_output=False, inventory) -> None:
     import dataclasses
     import json
 
     from tritonfleet.fleet.modeldiff import diff_hosts
     from tritonfleet.fleet.run import checked_host_vars
     from tritonfleet.triton.models import validate_repository
-    hosts = load_inventory(inventory or DEFAULT_INVENTORY).select(host=host, group=group)
+    hosts = load_inventory(inventory).select(host=host, group=group)
     all_vars = checked_host_vars(hosts, {"model_repository": models} if models else {})
     sources: dict[str, str] = {}
     for hv in all_vars.values():  # every repository validated before any host is touched
@@ -173,15 +195,15 @@ def models_diff_command(*, host=None, group=None, models=None, json_output=False
 
 
 @clear_errors
-def bundle_command(source=None) -> None:
+def bundle_command(bundle) -> None:
     from tritonfleet.triton.bundle import resolve_bundle
-    b = resolve_bundle(source, progress=console.print)
+    b = resolve_bundle(bundle, progress=console.print)
     print(f"{b.bundle_id}  {b.path}  sha256={b.sha256}  python={','.join(b.python_versions)}")
 
 
 def _lab_hosts(inventory, count: int):
     from tritonfleet.lab import LabHost
-    inv = load_inventory(inventory or DEFAULT_INVENTORY)
+    inv = load_inventory(inventory)
     hosts = inv.select(group="lab")
     if not 1 <= count <= len(hosts):
         raise TritonfleetError(f"--hosts must be between 1 and {len(hosts)} (group lab has {len(hosts)} hosts)")
@@ -189,7 +211,7 @@ def _lab_hosts(inventory, count: int):
 
 
 @clear_errors
-def lab_up_command(count, inventory=None) -> None:
+def lab_up_command(count, inventory) -> None:
     from tritonfleet import lab
     hosts = _lab_hosts(inventory, count_option(count, "hosts"))
     with lab.exclusive("invoke lab.up"):

@@ -2,8 +2,9 @@
 
 Tests in tests/test_security.py, test_faults.py and test_bad_input.py record (fault, what happened) with
 the `fault_log` fixture (tests/labkit.py) once their assertions passed; the records live in
-tests/faults.json. `python3 -m tritonfleet.faultreport` renders them into README.md between
-`<!-- faults:start -->` and `<!-- faults:end -->` (`--check` exits 1 when the README is out of date).
+tests/faults.json, which only a run that includes the lab tests writes (tests/conftest.py `fault_records`:
+the unit tier leaves the checkout alone). `python3 -m tritonfleet.faultreport` renders them into README.md
+between `<!-- faults:start -->` and `<!-- faults:end -->` (`--check` exits 1 when the README is out of date).
 """
 
 from __future__ import annotations
