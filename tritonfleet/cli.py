@@ -39,6 +39,11 @@ def configured(config, **given) -> dict:
     return options
 
 
+def _extra_vars(models: str | None) -> dict:
+    """The vars the command line sets (highest precedence): `--models` is the var model_repository."""
+    return {"model_repository": models} if models else {}
+
+
 class CommandFailed(SystemExit):
     """Ends the command with a non-zero exit and no traceback."""
 
@@ -77,12 +82,11 @@ def clear_errors(fn):
 @clear_errors
 def run_playbook_command(playbook: str, *, host=None, group=None, models=None, check=False, json_output=False,
                          inventory, bundle, forks, verbose=False) -> None:
-    from tritonfleet.fleet.run import run_playbook
-    inv = load_inventory(inventory)
-    hosts = inv.select(host=host, group=group)
-    extra = {"model_repository": models} if models else {}
-    result = run_playbook(REPO_ROOT / "playbooks" / playbook, hosts, check=check, extra_vars=extra,
-                          bundle_source=bundle, forks=count_option(forks, "forks"),
+    from tritonfleet.fleet.run import RunOptions, run_playbook
+    hosts = load_inventory(inventory).select(host=host, group=group)
+    options = RunOptions(check=check, forks=count_option(forks, "forks"), extra_vars=_extra_vars(models),
+                         bundle_source=bundle)
+    result = run_playbook(REPO_ROOT / "playbooks" / playbook, hosts, options,
                           reporter=Reporter(json_output=json_output, verbose=verbose))
     if result.interrupted:
         raise CommandFailed(130)
@@ -94,10 +98,10 @@ def run_playbook_command(playbook: str, *, host=None, group=None, models=None, c
 def rollout_command(*, group=None, host=None, canary=1, batch="25%", max_fail="0", forks, models=None,
                     json_output=False, inventory, bundle, verbose=False) -> None:
     from tritonfleet.fleet.rollout import rollout
+    from tritonfleet.fleet.run import RunOptions
     hosts = load_inventory(inventory).select(host=host, group=group)
-    result = rollout(hosts, canary=count_option(canary, "canary", 0), batch=batch, max_fail=max_fail,
-                     forks=count_option(forks, "forks"),
-                     extra_vars={"model_repository": models} if models else {}, bundle_source=bundle,
+    options = RunOptions(forks=count_option(forks, "forks"), extra_vars=_extra_vars(models), bundle_source=bundle)
+    result = rollout(hosts, options, canary=count_option(canary, "canary", 0), batch=batch, max_fail=max_fail,
                      reporter=Reporter(json_output=json_output, verbose=verbose))
     if result.stopped.startswith("interrupted"):
         raise CommandFailed(130)
@@ -111,7 +115,7 @@ def status_command(*, group=None, host=None, models=None, json_output=False, inv
 
     from tritonfleet.fleet.status import as_dicts, fleet_status
     hosts = load_inventory(inventory).select(host=host, group=group)
-    rows = fleet_status(hosts, {"model_repository": models} if models else {}, bundle, progress=console.print)
+    rows = fleet_status(hosts, _extra_vars(models), bundle, progress=console.print)
     table = Table("host", "reachable", "triton", "release", "service", "uptime", "restarts", "models", "drift")
     for r in rows:
         models_text = ", ".join(f"{n}:{s.split(':')[0]}" for n, s in sorted(r.models.items()))
@@ -170,7 +174,7 @@ def models_diff_command(*, host=None, group=None, models=None, json_output=False
     from tritonfleet.fleet.run import checked_host_vars
     from tritonfleet.triton.models import validate_repository
     hosts = load_inventory(inventory).select(host=host, group=group)
-    all_vars = checked_host_vars(hosts, {"model_repository": models} if models else {})
+    all_vars = checked_host_vars(hosts, _extra_vars(models))
     sources: dict[str, str] = {}
     for hv in all_vars.values():  # every repository validated before any host is touched
         repo = str(hv["model_repository"])

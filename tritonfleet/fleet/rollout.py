@@ -8,6 +8,7 @@ not reached yet are left untouched and listed.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 
 from tritonfleet.errors import TritonfleetError
@@ -15,7 +16,7 @@ from tritonfleet.paths import REPO_ROOT
 from tritonfleet.engine.report import Reporter
 from tritonfleet.engine.executor import NOT_STARTED, cancel_on_interrupt
 from tritonfleet.engine.runner import HostRun
-from tritonfleet.fleet.run import Prepared, prepare, run_playbook
+from tritonfleet.fleet.run import Prepared, RunOptions, prepare, run_playbook
 
 DEPLOY = REPO_ROOT / "playbooks" / "deploy.yml"
 ROLLBACK = REPO_ROOT / "playbooks" / "rollback.yml"
@@ -84,8 +85,7 @@ def _error_of(run: HostRun) -> str:
     return f"{failed[-1]['task']}: {failed[-1]['msg']}" if failed else ""
 
 
-def rollout(hosts: list, *, canary: int = 1, batch="25%", max_fail="0", forks: int = 10,
-            extra_vars: dict | None = None, bundle_source: str | None = None,
+def rollout(hosts: list, options: RunOptions = RunOptions(), *, canary: int = 1, batch="25%", max_fail="0",
             reporter: Reporter | None = None) -> RolloutResult:
     reporter = reporter or Reporter()
     total = len(hosts)
@@ -94,56 +94,68 @@ def rollout(hosts: list, *, canary: int = 1, batch="25%", max_fail="0", forks: i
     if canary < 0:
         raise TritonfleetError("--canary must be 0 or more")
     # Everything is checked for every host before the first one is touched.
-    deploy = prepare(DEPLOY, hosts, extra_vars, bundle_source, progress=reporter.info)
-    back = prepare(ROLLBACK, hosts, extra_vars, bundle_source, progress=reporter.info)
-    batches = plan_batches(hosts, canary, batch_size)
-    result = RolloutResult()
-    with cancel_on_interrupt() as cancelled:
-        _run_batches(batches, canary, allowed, deploy, back, extra_vars, forks, reporter, result, cancelled)
-    reporter.rollout_recap(result)
-    return result
+    run = _Rollout(options, reporter,
+                   deploy=prepare(DEPLOY, hosts, options.extra_vars, options.bundle_source, progress=reporter.info),
+                   back=prepare(ROLLBACK, hosts, options.extra_vars, options.bundle_source, progress=reporter.info))
+    with cancel_on_interrupt() as run.cancelled:
+        run.batches(plan_batches(hosts, canary, batch_size), canary, allowed)
+    reporter.rollout_recap(run.result)
+    return run.result
 
 
-def _run_batches(batches, canary, allowed, deploy, back, extra_vars, forks, reporter, result, cancelled) -> None:
-    failures = 0
-    for number, group in enumerate(batches, start=1):
-        label = "canary" if number == 1 and canary > 0 else f"batch {number}"
-        reporter.info(f"{label}: {', '.join(h.name for h in group)}")
-        runs = run_playbook(DEPLOY, group, extra_vars=extra_vars, forks=forks, reporter=reporter,
-                            prepared=deploy, recap=False, cancel=cancelled).hosts
-        result.runs += runs
-        for host, run in zip(group, runs):
-            outcome = HostOutcome(host.name, "changed" if run.counts["changed"] else "ok", run.release_before,
-                                  run.release_after, bytes_sent=run.bytes_sent, batch=number)
-            if run.error == NOT_STARTED:
-                outcome.state, outcome.batch = "not reached", 0
-            elif run.unreachable:
-                outcome.state, outcome.error = "unreachable", run.error
-            elif run.failed:
-                outcome.state, outcome.error = "failed", _error_of(run)
-                if run.release_before and run.counts["changed"]:
-                    outcome.state, outcome.release_after = _roll_back(host, run, back, forks, reporter,
-                                                                      result)
-            failures += outcome.state not in ("ok", "changed", "not reached")
-            result.hosts.append(outcome)
-        if cancelled.is_set():
-            result.stopped = "interrupted (Ctrl-C)"
-        if failures > allowed or result.stopped:
-            rest = [h for later in batches[number:] for h in later]
-            result.stopped = result.stopped or (f"{failures} host(s) failed after the {label}, more than "
-                                                f"--max-fail allows ({allowed})")
-            result.stopped += f"; {len(rest)} host(s) not reached"
-            result.hosts += [HostOutcome(h.name, "not reached") for h in rest]
-            break
+@dataclass
+class _Rollout:
+    """One rollout in progress: its prepared deploy and rollback, where it reports, what it has done so far."""
 
+    options: RunOptions
+    reporter: Reporter
+    deploy: Prepared
+    back: Prepared
+    result: RolloutResult = field(default_factory=RolloutResult)
+    cancelled: threading.Event | None = None
 
-def _roll_back(host, run: HostRun, prepared: Prepared, forks, reporter, result) -> tuple[str, str]:
-    """Put a failed host back on the release it had; it must pass the smoke test there."""
-    reporter.progress(host.name, f"rolling back to {run.release_before}")
-    back = run_playbook(ROLLBACK, [host], forks=forks, reporter=reporter,
-                        prepared=prepared.with_host_vars(host.name, rollback_to=run.release_before),
-                        recap=False).hosts[0]
-    result.runs.append(back)
-    if back.failed:
-        return "rollback failed", back.release_after
-    return "rolled back", back.release_after
+    def batches(self, batches: list[list], canary: int, allowed: int) -> None:
+        failures = 0
+        for number, group in enumerate(batches, start=1):
+            label = "canary" if number == 1 and canary > 0 else f"batch {number}"
+            self.reporter.info(f"{label}: {', '.join(h.name for h in group)}")
+            runs = run_playbook(DEPLOY, group, self.options, reporter=self.reporter, prepared=self.deploy,
+                                recap=False, cancel=self.cancelled).hosts
+            self.result.runs += runs
+            for host, run in zip(group, runs):
+                outcome = self._outcome(host, run, number)
+                failures += outcome.state not in ("ok", "changed", "not reached")
+                self.result.hosts.append(outcome)
+            if self.cancelled.is_set():
+                self.result.stopped = "interrupted (Ctrl-C)"
+            if failures > allowed or self.result.stopped:
+                rest = [h for later in batches[number:] for h in later]
+                self.result.stopped = self.result.stopped or (
+                    f"{failures} host(s) failed after the {label}, more than --max-fail allows ({allowed})")
+                self.result.stopped += f"; {len(rest)} host(s) not reached"
+                self.result.hosts += [HostOutcome(h.name, "not reached") for h in rest]
+                break
+
+    def _outcome(self, host, run: HostRun, batch: int) -> HostOutcome:
+        outcome = HostOutcome(host.name, "changed" if run.counts["changed"] else "ok", run.release_before,
+                              run.release_after, bytes_sent=run.bytes_sent, batch=batch)
+        if run.error == NOT_STARTED:
+            outcome.state, outcome.batch = "not reached", 0
+        elif run.unreachable:
+            outcome.state, outcome.error = "unreachable", run.error
+        elif run.failed:
+            outcome.state, outcome.error = "failed", _error_of(run)
+            if run.release_before and run.counts["changed"]:
+                outcome.state, outcome.release_after = self._roll_back(host, run)
+        return outcome
+
+    def _roll_back(self, host, run: HostRun) -> tuple[str, str]:
+        """Put a failed host back on the release it had; it must pass the smoke test there."""
+        self.reporter.progress(host.name, f"rolling back to {run.release_before}")
+        back = run_playbook(ROLLBACK, [host], self.options, reporter=self.reporter,
+                            prepared=self.back.with_host_vars(host.name, rollback_to=run.release_before),
+                            recap=False).hosts[0]
+        self.result.runs.append(back)
+        if back.failed:
+            return "rollback failed", back.release_after
+        return "rolled back", back.release_after

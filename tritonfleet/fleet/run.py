@@ -67,6 +67,17 @@ def checked_host_vars(hosts: list[Host], extra_vars: dict | None = None) -> dict
     return all_vars
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run goes, the same for every host: check mode, hosts at once, tags, command-line vars, the bundle."""
+
+    check: bool = False
+    forks: int = 10
+    tags: tuple = ()
+    extra_vars: dict = field(default_factory=dict)  # highest precedence, like ansible-playbook -e
+    bundle_source: str | None = None
+
+
 @dataclass
 class Prepared:
     """A run checked before any host is touched: the playbook, every host's vars, the bundle, the repositories."""
@@ -110,15 +121,15 @@ def prepare(playbook_path: str | Path, hosts: list[Host], extra_vars: dict | Non
     return Prepared(book, all_vars, bundle, repositories)
 
 
-def run_playbook(playbook_path: str | Path, hosts: list[Host], *, check: bool = False,
-                 extra_vars: dict | None = None, bundle_source: str | None = None, forks: int = 10,
-                 tags: tuple = (), reporter: Reporter | None = None, prepared: Prepared | None = None,
-                 recap: bool = True,
+def run_playbook(playbook_path: str | Path, hosts: list[Host], options: RunOptions = RunOptions(), *,
+                 reporter: Reporter | None = None, prepared: Prepared | None = None, recap: bool = True,
                  cancel: threading.Event | None = None) -> RunResult:
-    """Run a playbook on hosts in parallel (at most `forks` at once); `prepared` reuses a `prepare()` result."""
+    """Run a playbook on hosts in parallel (at most `options.forks` at once); `prepared` reuses a `prepare()`."""
     reporter = reporter or Reporter()
-    prepared = prepared or prepare(playbook_path, hosts, extra_vars, bundle_source, progress=reporter.info)
+    prepared = prepared or prepare(playbook_path, hosts, options.extra_vars, options.bundle_source,
+                                   progress=reporter.info)
     book = prepared.book
+    check = options.check
     reporter.start(book, hosts, check)
     runs = {h.name: HostRun(h.name) for h in hosts}
 
@@ -126,10 +137,10 @@ def run_playbook(playbook_path: str | Path, hosts: list[Host], *, check: bool = 
         ctx = HostContext(host, conn, prepared.vars[host.name], check, bundle=prepared.bundle,
                           repository=prepared.repository_of(host.name),
                           progress=lambda msg: reporter.progress(host.name, msg), connect_server=connect_server)
-        _run_host(book, ctx, runs[host.name], tags, reporter)
+        _run_host(book, ctx, runs[host.name], options.tags, reporter)
 
     events = Events(unreachable=reporter.unreachable, failed=reporter.failed_host, note=reporter.progress)
-    results, interrupted = for_each_host(hosts, work, forks=forks, lock="" if check else book.path.stem,
+    results, interrupted = for_each_host(hosts, work, forks=options.forks, lock="" if check else book.path.stem,
                                          events=events, cancel=cancel)
     for res in results:
         run = runs[res.host]
