@@ -1,11 +1,12 @@
 """`invoke doctor`: diagnose a host's Triton Python backend and its running server, and fix what is safe.
 
-All host evidence comes back in ONE round trip (a POSIX sh script, like facts.py): the unit and the running
-process's argv, the /opt/tritonserver layout, the stub (owner, `ldd` with the unit's LD_LIBRARY_PATH), numpy as
-the service user, /dev/shm, listening sockets, free disk, GPUs, the journal of the last run and the model
-repository (listing and config.pbtxt files). The repository index is read from the control machine with a short
-timeout (a server hung in loading does not slow the diagnosis). Every check below turns evidence into findings;
-what each failure means lives in `layout.py` (layout, defaults) and `signatures.py` (log lines, causes, fixes).
+All host evidence comes back in ONE round trip (a POSIX sh script built, like facts.py's, from the generic probes
+of `engine/evidence.py` and the doctor's own): the unit and the running process's argv, the /opt/tritonserver
+layout, the stub (owner, `ldd` with the unit's LD_LIBRARY_PATH), numpy as the service user, /dev/shm, listening
+sockets, free disk, GPUs, the journal of the last run and the model repository (listing and config.pbtxt files).
+The repository index is read from the control machine with a short timeout (a server hung in loading does not
+slow the diagnosis). Every check below turns evidence into findings; what each failure means lives in
+`layout.py` (layout, defaults) and `signatures.py` (log lines, causes, fixes).
 """
 
 from __future__ import annotations
@@ -17,42 +18,35 @@ from dataclasses import asdict, dataclass, field
 
 from tritonfleet.triton import signatures
 from tritonfleet.triton import layout
+from tritonfleet.engine import evidence
 from tritonfleet.engine.executor import for_each_host
 from tritonfleet.engine.packages import install_command
 from tritonfleet.errors import TritonfleetError
-from tritonfleet.triton.server import ServerClient, endpoint_for
+from tritonfleet.triton.endpoint import endpoint_for
+from tritonfleet.triton.server import ServerClient
 from tritonfleet.triton.signatures import BY_ID
 
 q = shlex.quote
 SEVERITIES = ("error", "warning", "info")
 JOURNAL_LINES = 300
 
-_SCRIPT = r"""
-begin() { echo "@@begin $1"; }
-end() { echo; echo "@@end"; }
-echo "python_version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"
-for m in apt-get dnf yum zypper; do command -v $m >/dev/null 2>&1 && { echo "pkg_mgr=${m%-get}"; break; }; done
-systemctl show "$TF_SERVICE" -p LoadState -p ActiveState -p SubState -p MainPID -p NRestarts -p Result \
-  -p UnitFileState -p FragmentPath -p DropInPaths -p Description -p User -p ExecMainStatus 2>/dev/null \
-  | sed 's/^/service_/'
-pid=$(systemctl show "$TF_SERVICE" -p MainPID --value 2>/dev/null)
-begin cmdline; [ -n "$pid" ] && [ "$pid" != 0 ] && tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null; end
+SERVICE_PROPERTIES = ("LoadState", "ActiveState", "SubState", "MainPID", "NRestarts", "Result", "UnitFileState",
+                      "FragmentPath", "DropInPaths", "Description", "User", "ExecMainStatus")
+
+# The doctor's own probes; $main_pid and $unit_user come from the systemd_unit fragment before them.
+_TRITON_PROBES = r"""
+begin cmdline; [ -n "$main_pid" ] && [ "$main_pid" != 0 ] && tr '\0' '\n' < "/proc/$main_pid/cmdline" 2>/dev/null; end
 begin unit; systemctl cat "$TF_SERVICE" 2>/dev/null; end
 echo "root_target=$(readlink -f "$TF_ROOT" 2>/dev/null)"
 for f in $TF_FILES; do [ -e "$TF_ROOT/$f" ] && echo "file=$f"; done
 echo "stub_stat=$(stat -L -c '%U %a' "$TF_STUB" 2>/dev/null)"
 begin ldd; [ -e "$TF_STUB" ] && LD_LIBRARY_PATH="$TF_LIB" timeout 20 ldd "$TF_STUB" 2>&1; end
-user=$(systemctl show "$TF_SERVICE" -p User --value 2>/dev/null); user=${user:-$TF_USER}
+user=${unit_user:-$TF_USER}
 run_as=""; id "$user" >/dev/null 2>&1 && command -v runuser >/dev/null 2>&1 && run_as="runuser -u $user --"
 begin numpy; (cd / && timeout 30 $run_as python3 -c 'import numpy; print("numpy_version=" + numpy.__version__)' 2>&1 | tail -n 3); end
-echo "shm_kb=$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $2 " " $4}')"
-echo "disk_free_kb=$(df -Pk /opt 2>/dev/null | awk 'NR==2 {print $4}')"
 begin ss; ss -ltnpH 2>&1; end
-if command -v nvidia-smi >/dev/null 2>&1; then
-  begin gpus; timeout 20 nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader 2>&1; end
-fi
 begin journal; journalctl -u "$TF_SERVICE" -n "$TF_JOURNAL" --no-pager -o cat 2>&1; end
-repo=""; [ -n "$pid" ] && [ "$pid" != 0 ] && repo=$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | sed -n 's/^--model-repository=//p' | head -n 1)
+repo=""; [ -n "$main_pid" ] && [ "$main_pid" != 0 ] && repo=$(tr '\0' '\n' < "/proc/$main_pid/cmdline" 2>/dev/null | sed -n 's/^--model-repository=//p' | head -n 1)
 repo=${repo:-$TF_REPO}
 echo "repo=$repo"
 begin repo_listing; [ -d "$repo" ] && find "$repo/" -mindepth 1 -maxdepth 2 -printf '%y %P\n' 2>/dev/null | sort | head -n 5000; end
@@ -61,6 +55,11 @@ for c in "$repo"/*/config.pbtxt; do
   begin "config $(basename "$(dirname "$c")")"; head -c 262144 "$c"; end
 done
 """
+
+_SCRIPT = evidence.script(
+    evidence.PYTHON_VERSION, evidence.PKG_MGR, evidence.systemd_unit(layout.SERVICE, SERVICE_PROPERTIES),
+    evidence.DISKS, evidence.gpus(timeout_s=20), _TRITON_PROBES,
+)
 
 
 @dataclass
@@ -81,11 +80,15 @@ class Finding:
 
 @dataclass
 class Evidence:
-    values: dict = field(default_factory=dict)
+    host: evidence.Host = field(default_factory=evidence.Host)  # the generic probes: python, disks, GPUs, unit
+    values: dict = field(default_factory=dict)  # the last value of each `key=value` line
     sections: dict = field(default_factory=dict)
     files: set = field(default_factory=set)
-    service: dict = field(default_factory=dict)
     configs: dict = field(default_factory=dict)  # model name -> config.pbtxt text
+
+    @property
+    def service(self) -> dict:
+        return self.host.service
 
     def section(self, name: str) -> str:
         return self.sections.get(name, "")
@@ -134,44 +137,20 @@ class Diagnosis:
 
 
 def evidence_command(hostvars: dict) -> str:
-    env = {
+    return evidence.command(_SCRIPT, {
         "TF_SERVICE": layout.SERVICE, "TF_ROOT": layout.TRITON_ROOT, "TF_STUB": layout.STUB_PATH,
         "TF_LIB": layout.LIB_DIR, "TF_USER": str(hostvars.get("triton_user", "triton")),
         "TF_REPO": str(hostvars.get("triton_model_repository_path", "")), "TF_JOURNAL": str(JOURNAL_LINES),
         "TF_FILES": " ".join(["bin/tritonserver", *layout.PYTHON_BACKEND_FILES, layout.STUB_IN_RELEASE]),
-    }
-    assign = " ".join(f"{k}={q(v)}" for k, v in env.items())
-    return f"{assign} sh -c {q(_SCRIPT)}"
+    })
 
 
 def parse_evidence(output: str) -> Evidence:
-    ev = Evidence()
-    current, buf = None, []
-    for line in output.splitlines():
-        if current is not None:
-            if line == "@@end":
-                text = "\n".join(buf).rstrip("\n")
-                if current.startswith("config "):
-                    ev.configs[current[len("config "):]] = text
-                else:
-                    ev.sections[current] = text
-                current, buf = None, []
-            else:
-                buf.append(line)
-            continue
-        if line.startswith("@@begin "):
-            current = line[len("@@begin "):]
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        if key == "file":
-            ev.files.add(value)
-        elif key.startswith("service_"):
-            ev.service[key[len("service_"):]] = value
-        else:
-            ev.values[key] = value.strip()
-    return ev
+    out = evidence.parse_output(output)
+    configs = {name[len("config "):]: text for name, text in out.sections.items() if name.startswith("config ")}
+    sections = {name: text for name, text in out.sections.items() if not name.startswith("config ")}
+    return Evidence(evidence.parse_host(out), {key: values[-1] for key, values in out.values.items()}, sections,
+                    set(out.every("file")), configs)
 
 
 def unit_argv(unit_text: str) -> list[str]:
@@ -212,9 +191,9 @@ class _Context:
         self.unit_text = ev.section("unit")
         self.unit_argv = unit_argv(self.unit_text)
         self.argv = self.proc_argv or self.unit_argv
-        self.python = ev.values.get("python_version", "")
+        self.python = ev.host.python_version
         self.user = ev.service.get("User") or str(hostvars.get("triton_user", "triton"))
-        self.gpus = [ln for ln in ev.lines("gpus") if "," in ln]
+        self.gpus = ev.host.gpus
         self.configs = {}
         self.config_errors = {}
         for name, text in ev.configs.items():
@@ -238,11 +217,12 @@ class _Context:
         except ValueError:
             return layout.DEFAULT_PORTS[kind]
 
-    def packages(self) -> list[str]:
+    def packages(self) -> layout.HostPackages | None:
+        """The host's package names by role; None when tritonfleet does not know its package manager."""
         try:
-            return layout.python_packages(self.ev.values.get("pkg_mgr", ""), self.python or "3")
-        except Exception:
-            return []
+            return layout.host_packages(self.ev.host.pkg_mgr, self.python or "3")
+        except TritonfleetError:
+            return None
 
 
 def _parse_config(text: str):
@@ -332,7 +312,7 @@ def check_stub(c: _Context, d: Diagnosis) -> None:
                 d.add(_sig_finding("stub", "libpython_missing",
                                    f"the shared libpython{stub_py} the stub links is not installed",
                                    [line.strip()],
-                                   fix=f"install {pkgs[0] if pkgs else f'the shared libpython{stub_py}'}"))
+                                   fix=f"install {pkgs.libpython if pkgs else f'the shared libpython{stub_py}'}"))
         elif "not found" in line:
             d.add(Finding("stub", "error", "a library the stub links is not found", [line.strip()],
                           f"check {layout.LIB_DIR} (the unit's LD_LIBRARY_PATH) is the bundle's lib folder"))
@@ -360,7 +340,7 @@ def check_numpy(c: _Context, d: Diagnosis) -> None:
         return
     d.add(_sig_finding("numpy", "numpy_missing", f"python3 {c.python} cannot import numpy (as user {c.user})",
                        out[-1:] or ["import numpy failed"],
-                       fix=f"install {pkgs[1] if len(pkgs) > 1 else 'numpy for python3'}"))
+                       fix=f"install {pkgs.numpy if pkgs else 'numpy for python3'}"))
 
 
 def _python_instances(c: _Context) -> int:
@@ -381,12 +361,11 @@ def _python_instances(c: _Context) -> int:
 
 
 def check_shm(c: _Context, d: Diagnosis) -> None:
-    parts = (c.ev.values.get("shm_kb") or "").split()
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    total_kb, free_kb = c.ev.host.shm_kb, c.ev.host.shm_free_kb
+    if total_kb is None or free_kb is None:
         d.add(Finding("shm", "warning", "/dev/shm is not mounted", ["df -Pk /dev/shm: no answer"],
                       "mount a tmpfs on /dev/shm: the Python backend needs it"))
         return
-    total_kb, free_kb = map(int, parts)
     settings = layout.python_shm_settings(c.argv)
     per = settings["shm-default-byte-size"]
     instances = _python_instances(c)
@@ -422,9 +401,9 @@ def check_ports(c: _Context, d: Diagnosis) -> None:
 
 
 def check_disk(c: _Context, d: Diagnosis) -> None:
-    free = c.ev.values.get("disk_free_kb", "")
-    if free.isdigit() and int(free) < layout.FREE_DISK_MIN_KB:
-        d.add(Finding("disk", "warning", f"only {int(free) // 1024} MiB free in /opt",
+    free = c.ev.host.disk_free_kb
+    if free is not None and free < layout.FREE_DISK_MIN_KB:
+        d.add(Finding("disk", "warning", f"only {free // 1024} MiB free in /opt",
                       [f"df -Pk /opt: {free} KiB available"],
                       f"free space: a release needs about 1 GiB; old ones are in {layout.RELEASES_DIR}"))
 
@@ -440,13 +419,12 @@ def check_gpus(c: _Context, d: Diagnosis) -> None:
             d.add(Finding("gpu", "info", "CPU-only host (no nvidia-smi)", [],
                           "nothing to do: Python models run on CPU"))
         return
-    for line in c.gpus:
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 3 and not layout.driver_is_new_enough(parts[2]):
+    for gpu in c.gpus:
+        if not layout.driver_is_new_enough(gpu.driver):
             d.add(_sig_finding("gpu", "cuda_driver_insufficient",
-                               f"GPU {parts[0]} driver {parts[2]} is older than {layout.MIN_DRIVER_VERSION}, which "
-                               f"the bundle's CUDA {layout.BUNDLE_CUDA_VERSION} runtime needs", [line],
-                               severity="error"))
+                               f"GPU {gpu.index} driver {gpu.driver} is older than {layout.MIN_DRIVER_VERSION}, "
+                               f"which the bundle's CUDA {layout.BUNDLE_CUDA_VERSION} runtime needs",
+                               [f"nvidia-smi: GPU {gpu.index} {gpu.name}, driver {gpu.driver}"], severity="error"))
 
 
 def check_repository(c: _Context, d: Diagnosis) -> None:
@@ -561,6 +539,23 @@ def diagnose(conn, host, hostvars: dict, *, index_timeout: float = 3.0, server: 
 # fixes
 
 
+def _install_missing_packages(conn, c: _Context, diagnosis: Diagnosis, progress) -> list[str]:
+    """Install what the findings say is missing, each package chosen by its role (libpython, numpy)."""
+    missing = {f.signature for f in diagnosis.findings if f.action == "packages"}
+    pkgs = c.packages()
+    if pkgs is None:
+        return [f"cannot install the missing packages: no known package manager "
+                f"(found '{c.ev.host.pkg_mgr or 'none'}')"]
+    wanted = [name for sig_id, name in (("libpython_missing", pkgs.libpython), ("numpy_missing", pkgs.numpy))
+              if sig_id in missing]
+    if not wanted:
+        return []
+    progress(f"installing {', '.join(wanted)}")
+    res = conn.run(install_command(c.ev.host.pkg_mgr, wanted), check=False, timeout=900)
+    return [f"installed {', '.join(wanted)}" if res.ok else
+            f"FAILED to install {', '.join(wanted)}: {(res.stderr or res.stdout).strip()[-300:]}"]
+
+
 _SLASHED_FLAG = re.compile(r"(--backend-directory[= ]\"?)(/[^\s\"]*?)/+(?=[\s\"]|$)", re.M)
 
 
@@ -571,21 +566,7 @@ def apply_fixes(conn, host, hostvars: dict, diagnosis: Diagnosis, *, wait_s: flo
     actions = {f.action for f in diagnosis.findings if f.action and f.severity == "error"}
     done: list[str] = []
     if "packages" in actions:
-        pkgs = c.packages()
-        wanted = []
-        sig_ids = {f.signature for f in diagnosis.findings if f.action == "packages"}
-        if "libpython_missing" in sig_ids and pkgs:
-            wanted.append(pkgs[0])
-        if "numpy_missing" in sig_ids and len(pkgs) > 1:
-            wanted.append(pkgs[1])
-        cmd = install_command(c.ev.values.get("pkg_mgr", ""), wanted) if wanted else None
-        if cmd:
-            progress(f"installing {', '.join(wanted)}")
-            res = conn.run(cmd, check=False, timeout=900)
-            done.append(f"installed {', '.join(wanted)}" if res.ok else
-                        f"FAILED to install {', '.join(wanted)}: {(res.stderr or res.stdout).strip()[-300:]}")
-        elif wanted:
-            done.append(f"cannot install {', '.join(wanted)}: no known package manager")
+        done += _install_missing_packages(conn, c, diagnosis, progress)
     if "chown_stub" in actions:
         res = conn.run(f"chown {q(c.user)}:{q(c.user)} {q(layout.STUB_PATH)}", check=False)
         done.append(f"chowned the stub to {c.user}" if res.ok else f"FAILED to chown the stub: {res.stderr.strip()}")

@@ -1,39 +1,24 @@
 """Host facts, gathered in one round trip per host and parsed once.
 
+The script is the generic probes of `engine/evidence.py` (OS, PID 1, Python, packages, GPUs, disks, the unit)
+followed by the Triton ones below; the doctor builds its evidence script from the same probes.
+
 Modules compare these with the desired state; a module that changes the host updates the facts it
 changed, so later steps of the same run see the new state without asking the host again.
 """
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import asdict, dataclass, field
 
+from tritonfleet.engine import evidence
 from tritonfleet.triton import releases
 from tritonfleet.triton import layout
 
-# POSIX sh, no bashisms: one `key=value` line per fact, multi-valued facts repeated.
-_SCRIPT = r"""
-. /etc/os-release 2>/dev/null
-echo "os_id=${ID:-unknown}"
-echo "os_version=${VERSION_ID:-unknown}"
-echo "os_name=${PRETTY_NAME:-unknown}"
-read -r init </proc/1/comm 2>/dev/null; echo "init=$init"
-# python3 -> python3.N names the version without starting Python; anything else is asked
-py=$(readlink -f "$(command -v python3)" 2>/dev/null); py=${py##*/python}
-case $py in 3.[0-9]|3.[0-9][0-9]) ;; *) py=$(python3 -I -S -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null);; esac
-echo "python_version=$py"
-for m in apt-get dnf yum zypper; do command -v $m >/dev/null 2>&1 && { echo "pkg_mgr=${m%-get}"; break; }; done
-if command -v dpkg-query >/dev/null 2>&1; then
-  dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' 2>/dev/null | awk '$2 ~ /^ii/ {print "package=" $1}'
-elif command -v rpm >/dev/null 2>&1; then
-  rpm -qa --qf 'package=%{NAME}\n' 2>/dev/null
-fi
-if command -v nvidia-smi >/dev/null 2>&1; then
-  nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader,nounits 2>/dev/null \
-    | sed 's/^/gpu=/'
-fi
-df -Pk /opt /dev/shm 2>/dev/null | awk 'NR==2 {print "disk_free_kb=" $4} NR==3 {print "shm_kb=" $2}'
+# What a deploy needs beyond the generic probes: the user, releases, stub, models, history, unit and server argv
+# ($main_pid from the systemd_unit fragment). Performance-critical (the no-op deploy's whole cost is a few
+# commands per host): shell builtins wherever they do.
+_TRITON_PROBES = r"""
 getent passwd "$TF_USER" >/dev/null 2>&1 && echo "user_exists=yes"
 echo "live_release=$(readlink "$TF_ROOT" 2>/dev/null)"
 [ -e "$TF_ROOT" ] && [ ! -L "$TF_ROOT" ] && echo "root_is_unmanaged=yes"
@@ -41,42 +26,31 @@ for d in "$TF_RELEASES"/*/; do
   [ -f "$d$TF_MARKER" ] && { d=${d%/}; echo "release=${d##*/}"; }
 done
 stub="$TF_ROOT/$TF_STUB"
-if [ -n "$py" ] && [ -e "$stub" ]; then
-  echo "live_stub=$(stat -c '%U %a' "$stub")$(cmp -s "$TF_ROOT/python_backend_stubs/$py/$TF_STUB_NAME" "$stub" && echo ' same')"
+if [ -n "$python_version" ] && [ -e "$stub" ]; then
+  echo "live_stub=$(stat -c '%U %a' "$stub")$(cmp -s "$TF_ROOT/python_backend_stubs/$python_version/$TF_STUB_NAME" "$stub" && echo ' same')"
 fi
 echo "live_models=$(readlink "$TF_MODELS" 2>/dev/null)"
 if [ -d "$TF_MODELS/" ]; then echo "live_models_manifest=$(cd "$TF_MODELS/" && sh -c "$TF_MANIFEST")"; fi
 [ -e "$TF_MODELS" ] && [ ! -L "$TF_MODELS" ] && echo "models_is_unmanaged=yes"
 for d in "$TF_STORE"/*/; do [ -d "$d" ] && { d=${d%/}; echo "model_repo=${d##*/}"; }; done
-[ -f "$TF_HISTORY" ] && sed 's/^/history=/' "$TF_HISTORY"
+if [ -f "$TF_HISTORY" ]; then
+  while read -r line || [ -n "$line" ]; do echo "history=$line"; done <"$TF_HISTORY"
+fi
 unit_sha256=
 [ -f "$TF_UNIT" ] && { set -- $(sha256sum "$TF_UNIT" 2>/dev/null); unit_sha256=$1; }
 echo "unit_sha256=$unit_sha256"
-# one systemctl call: its answer is read line by line by the shell itself
-pid= since=
-service=$(systemctl show "$TF_SERVICE" -p ActiveState -p SubState -p MainPID -p UnitFileState -p NRestarts \
-  -p NeedDaemonReload -p LoadState -p ActiveEnterTimestamp 2>/dev/null)
-while IFS='=' read -r key value; do
-  case $key in
-    '') continue ;;
-    MainPID) pid=$value ;;
-    ActiveEnterTimestamp) since=$value; continue ;;
-  esac
-  echo "service_$key=$value"
-done <<SERVICE
-$service
-SERVICE
-if [ -n "$pid" ] && [ "$pid" != 0 ]; then echo "server_cmdline=$(tr '\0\n' '  ' < /proc/$pid/cmdline)"; fi
-if [ -n "$since" ]; then echo "service_UptimeSeconds=$(( $(date +%s) - $(date -d "$since" +%s) ))"; fi
+if [ -n "$main_pid" ] && [ "$main_pid" != 0 ]; then
+  echo "server_cmdline=$(tr '\0\n' '  ' < /proc/$main_pid/cmdline)"
+fi
 """
 
+SERVICE_PROPERTIES = ("ActiveState", "SubState", "MainPID", "UnitFileState", "NRestarts", "NeedDaemonReload",
+                      "LoadState", "ActiveEnterTimestamp")
 
-@dataclass
-class Gpu:
-    index: int
-    name: str
-    driver: str
-    memory_mib: int
+_SCRIPT = evidence.script(
+    evidence.OS_RELEASE, evidence.INIT, evidence.PYTHON_VERSION, evidence.PKG_MGR, evidence.INSTALLED_PACKAGES,
+    evidence.gpus(), evidence.DISKS, evidence.systemd_unit(layout.SERVICE, SERVICE_PROPERTIES), _TRITON_PROBES,
+)
 
 
 @dataclass
@@ -134,44 +108,29 @@ class Facts:
 
 
 def gather_command(triton_user: str, models_path: str) -> str:
-    env = {
+    return evidence.command(_SCRIPT, {
         "TF_USER": triton_user, "TF_MODELS": models_path, "TF_STORE": releases.models_store(models_path),
         "TF_HISTORY": releases.HISTORY_FILE, "TF_STUB": layout.STUB_IN_RELEASE, "TF_STUB_NAME": layout.STUB_NAME,
         "TF_MANIFEST": layout.MANIFEST_COMMAND, "TF_ROOT": layout.TRITON_ROOT, "TF_RELEASES": layout.RELEASES_DIR,
-        "TF_MARKER": layout.RELEASE_MARKER, "TF_UNIT": layout.UNIT_PATH, "TF_SERVICE": layout.SERVICE,
-    }
-    assign = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    return f"{assign} sh -c {shlex.quote(_SCRIPT)}"
+        "TF_MARKER": layout.RELEASE_MARKER, "TF_UNIT": layout.UNIT_PATH,
+    })
 
 
 def parse_facts(output: str) -> Facts:
-    facts = Facts()
-    for line in output.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        value = value.strip()
-        if key == "package":
-            facts.packages.add(value.split(":")[0])
-        elif key == "gpu":
-            parts = [p.strip() for p in value.split(",")]
-            if len(parts) == 4:
-                facts.gpus.append(Gpu(int(parts[0]), parts[1], parts[2], int(float(parts[3] or 0))))
-        elif key == "release":
-            facts.releases.append(value)
-        elif key == "model_repo":
-            facts.model_repos.append(value)
-        elif key == "history":
-            facts.history += releases.parse_history(value)
-        elif key.startswith("service_"):
-            facts.service[key[len("service_"):]] = value
-        elif key in ("disk_free_kb", "shm_kb"):
-            setattr(facts, key, int(value or 0))
-        elif key in ("user_exists", "root_is_unmanaged", "models_is_unmanaged"):
-            setattr(facts, key, value == "yes")
-        elif hasattr(facts, key):
-            setattr(facts, key, value)
-    return facts
+    out = evidence.parse_output(output)
+    host = evidence.parse_host(out)
+    return Facts(
+        os_id=host.os_id, os_version=host.os_version, os_name=host.os_name, init=host.init,
+        python_version=host.python_version, pkg_mgr=host.pkg_mgr, packages=host.packages, gpus=host.gpus,
+        disk_free_kb=host.disk_free_kb or 0, shm_kb=host.shm_kb or 0, service=host.service,
+        user_exists=out.value("user_exists") == "yes",
+        live_release=out.value("live_release"), root_is_unmanaged=out.value("root_is_unmanaged") == "yes",
+        releases=out.every("release"), live_stub=out.value("live_stub"),
+        live_models=out.value("live_models"), live_models_manifest=out.value("live_models_manifest"),
+        models_is_unmanaged=out.value("models_is_unmanaged") == "yes", model_repos=out.every("model_repo"),
+        history=[r for line in out.every("history") for r in releases.parse_history(line)],
+        unit_sha256=out.value("unit_sha256"), server_cmdline=out.value("server_cmdline"),
+    )
 
 
 def gather_facts(conn, triton_user: str, models_path: str) -> Facts:

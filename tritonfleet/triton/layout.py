@@ -8,6 +8,7 @@ service user does not own, --exit-on-error restart loops).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from tritonfleet.errors import TritonfleetError
@@ -106,18 +107,34 @@ def server_args(v: dict) -> list[str]:
     return args
 
 
-def python_packages(pkg_mgr: str, python_version: str) -> list[str]:
-    """Packages that give the stub its shared libpython and numpy (the stub imports numpy at start)."""
+@dataclass(frozen=True)
+class HostPackages:
+    """The packages a host needs, by role: their names differ between package managers."""
+    libpython: str  # the shared libpython the stub links
+    numpy: str  # numpy for the host's python3: the stub imports it at start
+    rsync: str  # model sync
+
+    def names(self) -> list[str]:
+        return [self.libpython, self.numpy, self.rsync]
+
+
+def host_packages(pkg_mgr: str, python_version: str) -> HostPackages:
+    """The host's names for the shared libpython, numpy and rsync, for the facts' packages and the doctor's fix."""
     if pkg_mgr == "apt":
-        return [f"libpython{python_version}", "python3-numpy", "rsync"]
+        return HostPackages(f"libpython{python_version}", "python3-numpy", "rsync")
     if pkg_mgr in ("dnf", "yum"):
-        return ["python3-libs", "python3-numpy", "rsync"]
+        return HostPackages("python3-libs", "python3-numpy", "rsync")
     if pkg_mgr == "zypper":
-        return [f"libpython{python_version.replace('.', '_')}-1_0", "python3-numpy", "rsync"]
+        return HostPackages(f"libpython{python_version.replace('.', '_')}-1_0", "python3-numpy", "rsync")
     raise TritonfleetError(
         f"no known package manager on the host (found '{pkg_mgr or 'none'}')",
         hint=f"install the shared libpython{python_version}, numpy for python3 and rsync yourself, "
              "then set `triton_packages: []` in the inventory")
+
+
+def python_packages(pkg_mgr: str, python_version: str) -> list[str]:
+    """`host_packages` as the list of names a playbook's `packages` step installs (`triton_packages`)."""
+    return host_packages(pkg_mgr, python_version).names()
 
 
 def release_dir(release_id: str) -> str:

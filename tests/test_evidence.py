@@ -1,0 +1,282 @@
+"""The generic host probes (tritonfleet/engine/evidence.py) and the doctor's evidence script built from them.
+
+Parsers run over recorded and hand-written outputs (tests/fixtures/hosts/README.md says which is which);
+fragments run under the real `sh` with stand-in tools on PATH. No host, no network, nothing written outside
+tmp_path.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tritonfleet.engine import evidence
+from tritonfleet.engine.evidence import Gpu
+from tritonfleet.triton import doctor
+from tritonfleet.triton import layout
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hosts"
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def run_sh(script: str, path: str = SYSTEM_PATH) -> str:
+    res = subprocess.run(["/bin/sh", "-c", script], env={"PATH": path}, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def tool(bin_dir: Path, name: str, body: str) -> None:
+    """A stand-in for a host tool: a sh script printing what the real one would."""
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text("#!/bin/sh\n" + body)
+    (bin_dir / name).chmod(0o755)
+
+
+def tools_only(bin_dir: Path, *names: str) -> str:
+    """A PATH with only `bin_dir` holding these real tools (and whatever stand-ins it already has)."""
+    bin_dir.mkdir(exist_ok=True)
+    for name in names:
+        (bin_dir / name).symlink_to(shutil.which(name, path=SYSTEM_PATH))
+    return str(bin_dir)
+
+
+# ---- the output protocol -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,values,sections", [
+    ("a=1\nb= two \na=3\n", {"a": ["1", "3"], "b": ["two"]}, {}),
+    ("no equals sign\nk=v=w\n", {"k": ["v=w"]}, {}),
+    ("@@begin s\nx=1\n  kept  \n\n@@end\nk=v\n", {"k": ["v"]}, {"s": "x=1\n  kept  "}),
+    ("@@begin empty\n\n@@end\n", {}, {"empty": ""}),
+    ("k=v\n@@begin cut off by a timeout\npartial\n", {"k": ["v"]}, {}),
+])
+def test_output_keeps_repeated_values_and_sections(text, values, sections):
+    out = evidence.parse_output(text)
+    assert (out.values, out.sections) == (values, sections)
+
+
+def test_output_value_is_the_last_one():
+    out = evidence.parse_output("a=1\na=2\n")
+    assert out.value("a") == "2" and out.value("missing") == "" and out.every("a") == ["1", "2"]
+
+
+# ---- parsers -----------------------------------------------------------------------------------------------------
+
+def test_gpus_from_handwritten_nvidia_smi_csv():
+    assert evidence.parse_gpus((FIXTURES / "handwritten-gpus.csv").read_text()) == [
+        Gpu(0, "NVIDIA H100 80GB HBM3", "550.54.15", 81559),
+        Gpu(1, "NVIDIA H100 80GB HBM3", "550.54.15", 81559),
+        Gpu(2, "NVIDIA GH200 480GB", "550.54.15", 0),
+        Gpu(3, "Tesla T4", "470.82.01", 15109),
+    ]
+
+
+@pytest.mark.parametrize("text,gpus", [
+    ("", []),
+    ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.", []),
+    ("No devices were found", []),
+    ("0, NVIDIA A100, 470.82.01", [Gpu(0, "NVIDIA A100", "470.82.01", 0)]),  # memory not asked for
+])
+def test_gpus_skip_lines_that_are_no_gpu(text, gpus):
+    assert evidence.parse_gpus(text) == gpus
+
+
+@pytest.mark.parametrize("lines,disk_free_kb,shm_kb,shm_free_kb", [
+    ("disk_free_kb=52428800\nshm_kb=32768000 32505856", 52428800, 32768000, 32505856),
+    ("disk_free_kb=0\nshm_kb=512 0", 0, 512, 0),  # full: 0 is a measurement, not "unknown"
+    ("shm_kb=512", None, 512, None),
+    ("", None, None, None),  # no /opt, no /dev/shm
+])
+def test_disks(lines, disk_free_kb, shm_kb, shm_free_kb):
+    host = evidence.parse_host(evidence.parse_output(lines))
+    assert (host.disk_free_kb, host.shm_kb, host.shm_free_kb) == (disk_free_kb, shm_kb, shm_free_kb)
+
+
+def test_host_packages_drop_the_architecture_and_service_keeps_every_property():
+    host = evidence.parse_host(evidence.parse_output(
+        "package=libpython3.11:amd64\npackage=rsync\nservice_MainPID=0\nservice_Description=a=b\n"))
+    assert host.packages == {"libpython3.11", "rsync"}
+    assert host.service == {"MainPID": "0", "Description": "a=b"}
+
+
+# ---- fragments under the real sh ---------------------------------------------------------------------------------
+
+def test_python_version_comes_from_the_link_name_without_starting_python(tmp_path):
+    bin_dir = tmp_path / "bin"
+    tool(bin_dir, "python3.42", "echo 9.9\n")  # would say 9.9 if it were started
+    (bin_dir / "python3").symlink_to("python3.42")
+    path = tools_only(bin_dir, "readlink")
+    assert "python_version=3.42\n" in run_sh(evidence.PYTHON_VERSION, path)
+
+
+def test_python_version_asks_a_python3_that_is_not_a_versioned_link(tmp_path):
+    bin_dir = tmp_path / "bin"
+    tool(bin_dir, "python3", 'case "$*" in *-I*-S*) echo 3.13 ;; esac\n')
+    path = tools_only(bin_dir, "readlink")
+    assert "python_version=3.13\n" in run_sh(evidence.PYTHON_VERSION, path)
+
+
+def test_no_python3(tmp_path):
+    path = tools_only(tmp_path / "bin", "readlink")
+    assert "python_version=\n" in run_sh(evidence.PYTHON_VERSION, path)
+
+
+@pytest.mark.parametrize("present,pkg_mgr", [(["apt-get", "dnf"], "apt"), (["yum", "zypper"], "yum"),
+                                             (["zypper"], "zypper"), ([], None)])
+def test_package_manager(tmp_path, present, pkg_mgr):
+    for name in present:
+        tool(tmp_path / "bin", name, "")
+    out = evidence.parse_output(run_sh(evidence.PKG_MGR + "true\n", tools_only(tmp_path / "bin")))
+    assert out.values.get("pkg_mgr") == ([pkg_mgr] if pkg_mgr else None)
+
+
+def test_installed_packages_from_dpkg_keep_only_installed_ones(tmp_path):
+    tool(tmp_path / "bin", "dpkg-query", "printf 'libpython3.11 ii \\nrsync rc \\npython3-numpy ii \\n'\n")
+    out = run_sh(evidence.INSTALLED_PACKAGES, tools_only(tmp_path / "bin", "awk"))
+    assert evidence.parse_host(evidence.parse_output(out)).packages == {"libpython3.11", "python3-numpy"}
+
+
+def test_installed_packages_from_rpm(tmp_path):
+    tool(tmp_path / "bin", "rpm", "printf 'package=python3-libs\\npackage=rsync\\n'\n")
+    out = run_sh(evidence.INSTALLED_PACKAGES, tools_only(tmp_path / "bin"))
+    assert evidence.parse_host(evidence.parse_output(out)).packages == {"python3-libs", "rsync"}
+
+
+def test_gpus_section_holds_nvidia_smi_csv(tmp_path):
+    csv = (FIXTURES / "handwritten-gpus.csv").read_text()
+    tool(tmp_path / "bin", "nvidia-smi", f"cat <<'EOF'\n{csv}EOF\n")
+    out = run_sh(evidence.script(evidence.gpus()), tools_only(tmp_path / "bin", "cat"))
+    assert len(evidence.parse_host(evidence.parse_output(out)).gpus) == 4
+    assert "timeout 20 nvidia-smi" in evidence.gpus(timeout_s=20)
+
+
+def test_no_nvidia_smi_no_gpus_section(tmp_path):
+    assert "@@begin" not in run_sh(evidence.script(evidence.gpus()), tools_only(tmp_path / "bin"))
+
+
+def test_disks_of_this_machine():
+    host = evidence.parse_host(evidence.parse_output(run_sh(evidence.DISKS)))
+    assert host.disk_free_kb is not None and host.shm_kb and host.shm_free_kb is not None
+
+
+def test_missing_os_release_does_not_stop_the_script(tmp_path):
+    fragment = evidence.OS_RELEASE.replace("/etc/os-release", str(tmp_path / "none"))
+    assert run_sh(fragment + "echo after=yes\n").splitlines() == [
+        "os_id=unknown", "os_version=unknown", "os_name=unknown", "after=yes"]
+
+
+SYSTEMCTL_SHOW = """\
+ActiveState=active
+MainPID=4242
+User=triton
+Description=NVIDIA Triton=Server
+ActiveEnterTimestamp={since}
+"""
+
+
+def unit_output(tmp_path: Path, since: str) -> str:
+    tool(tmp_path / "bin", "systemctl", f"cat <<'EOF'\n{SYSTEMCTL_SHOW.format(since=since)}EOF\n")
+    fragment = evidence.systemd_unit("tritonserver", ("ActiveState", "MainPID", "User", "ActiveEnterTimestamp"))
+    return run_sh(fragment + 'echo "pid=$main_pid user=$unit_user"\n', f"{tmp_path / 'bin'}:{SYSTEM_PATH}")
+
+
+def test_systemd_unit_one_call_properties_and_uptime(tmp_path):
+    since = subprocess.run(["date", "-d", "-90 seconds"], capture_output=True, text=True).stdout.strip()
+    out = unit_output(tmp_path, since)
+    service = evidence.parse_host(evidence.parse_output(out)).service
+    assert service.pop("UptimeSeconds") in {"89", "90", "91", "92"}
+    assert service == {"ActiveState": "active", "MainPID": "4242", "User": "triton",
+                       "Description": "NVIDIA Triton=Server"}
+    assert out.splitlines()[-1] == "pid=4242 user=triton"  # left for the fragments after it
+
+
+def test_systemd_unit_survives_a_timestamp_date_cannot_read(tmp_path):
+    out = unit_output(tmp_path, "n/a")
+    assert "UptimeSeconds" not in out and out.splitlines()[-1] == "pid=4242 user=triton"
+
+
+def test_systemd_unit_without_systemd(tmp_path):
+    path = tools_only(tmp_path / "bin")  # no systemctl at all
+    fragment = evidence.systemd_unit("tritonserver", ("ActiveState", "MainPID"))
+    assert run_sh(fragment + 'echo "pid=$main_pid"\n', path) == "pid=\n"
+
+
+def test_command_quotes_env_and_script():
+    cmd = evidence.command("echo \"$A\" 'x'\n", {"A": "it's here"})
+    assert run_sh(cmd) == "it's here x\n"
+
+
+# ---- the doctor's evidence script --------------------------------------------------------------------------------
+
+def doctor_command() -> str:
+    return doctor.evidence_command(dict(layout.DEFAULT_VARS))
+
+
+def test_doctor_script_is_valid_sh_and_probes_each_thing_once():
+    assert subprocess.run(["sh", "-n", "-c", doctor_command()], capture_output=True).returncode == 0
+    script = doctor._SCRIPT
+    assert script.count("systemctl show") == 1 and script.count("df -Pk") == 1
+    assert script.count("nvidia-smi --query-gpu") == 1 and "python3 -c 'import sys" not in script
+
+
+def test_doctor_script_runs_here_to_its_end():
+    ev = doctor.parse_evidence(run_sh(doctor_command()))
+    assert re.fullmatch(r"3\.\d+", ev.host.python_version)
+    assert ev.host.disk_free_kb is not None and ev.host.shm_kb
+    assert ev.values["repo"] == layout.DEFAULT_VARS["triton_model_repository_path"]
+    assert {"cmdline", "unit", "ldd", "numpy", "ss", "journal", "repo_listing"} <= set(ev.sections)
+
+
+def handwritten_restarting_host() -> doctor.Diagnosis:
+    ev = doctor.parse_evidence((FIXTURES / "handwritten-gpu-restarting.doctor.txt").read_text())
+    c = doctor._Context(ev, dict(layout.DEFAULT_VARS), "192.0.2.1", "gpu01")
+    d = doctor.Diagnosis("gpu01")
+    for check in doctor.CHECKS:
+        check(c, d)
+    d._context = c
+    return d
+
+
+def test_doctor_evidence_of_a_handwritten_gpu_host():
+    ev = doctor.parse_evidence((FIXTURES / "handwritten-gpu-restarting.doctor.txt").read_text())
+    assert ev.host.python_version == "3.10" and ev.host.pkg_mgr == "apt"
+    assert ev.host.gpus == [Gpu(0, "NVIDIA A100-SXM4-40GB", "470.82.01", 40960)]
+    assert (ev.host.disk_free_kb, ev.host.shm_kb) == (1048576, None)
+    assert ev.service["NRestarts"] == "7" and ev.service is ev.host.service
+    assert "bin/tritonserver" in ev.files and "add_sub" in ev.configs and "gpus" in ev.sections
+    d = handwritten_restarting_host()
+    assert {f.signature for f in d.errors} >= {"libpython_missing", "numpy_missing", "cuda_driver_insufficient"}
+    titles = {f.title for f in d.findings}
+    assert "/dev/shm is not mounted" in titles and "only 1024 MiB free in /opt" in titles
+    fixes = {f.signature: f.fix for f in d.findings}
+    assert fixes["libpython_missing"] == "install libpython3.10" and fixes["numpy_missing"] == "install python3-numpy"
+
+
+class RecordingConn:
+    """Records the commands a fix runs; every one succeeds."""
+
+    def __init__(self):
+        self.commands = []
+
+    def run(self, command, **kw):
+        self.commands.append(command)
+        return SimpleNamespace(ok=True, stdout="", stderr="")
+
+
+def test_doctor_fix_installs_packages_by_role():
+    d = handwritten_restarting_host()
+    conn = RecordingConn()
+    done = doctor._install_missing_packages(conn, d._context, d, progress=lambda msg: None)
+    assert done == ["installed libpython3.10, python3-numpy"]
+    assert conn.commands[0].endswith("apt-get install -y -qq --no-install-recommends libpython3.10 python3-numpy")
+
+
+def test_doctor_fix_names_a_missing_package_manager():
+    d = handwritten_restarting_host()
+    d._context.ev.host.pkg_mgr = "pacman"
+    done = doctor._install_missing_packages(RecordingConn(), d._context, d, progress=lambda msg: None)
+    assert done == ["cannot install the missing packages: no known package manager (found 'pacman')"]
