@@ -113,3 +113,32 @@ def test_python_packages_per_family():
 def test_hostile_service_user_name_is_refused_before_anything_runs():
     with pytest.raises(TritonfleetError, match="not a valid system user name"):
         vars_for(triton_user="triton\nExecStartPre=/bin/touch /tmp/pwned")
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("- hosts: all\n  tasks:\n    - name: x\n      systemd: {name: tritonserver, state: startd}\n", 4,
+     ["argument 'state' of module 'systemd' is 'startd'", "started, stopped, restarted"]),
+    ("- hosts: all\n  tasks:\n    - name: x\n      release_record:\n        dest: /srv/m\n        keep: many\n", 6,
+     ["argument 'keep' of module 'release_record' must be an integer, got 'many'"]),
+    ("- hosts: all\n  tasks:\n    - name: x\n      systemd:\n        name: tritonserver\n        enabled: maybe\n", 6,
+     ["argument 'enabled' of module 'systemd' must be a boolean (yes/no, true/false, on/off, 1/0)"]),
+    ("- hosts: all\n  tasks:\n    - name: x\n      packages:\n        names: [rsync, 3]\n", 5,
+     ["item 2 of argument 'names' of module 'packages' must be a string, got 3"]),
+    ("- hosts: all\n  tasks:\n    - name: x\n      template:\n        src: a.j2\n        dest: /etc/a\n"
+     "        mode: 0644\n", 7, ["argument 'mode' of module 'template' must be a string, got 420", "quotes"]),
+])
+def test_wrong_type_or_choice_is_refused_at_load_naming_the_argument_line(tmp_path, text, line, words):
+    path = book(tmp_path, text)
+    with pytest.raises(PlaybookError) as err:
+        load(path)
+    assert (err.value.file, err.value.line) == (str(path), line), str(err.value)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_templated_values_are_left_for_the_runner_and_booleans_follow_ansible(tmp_path):
+    path = book(tmp_path, "- hosts: all\n  tasks:\n    - name: x\n      systemd:\n        name: tritonserver\n"
+                          "        state: '{{ triton_user }}'\n        enabled: 'On'\n        daemon_reload: no\n")
+    task = load(path).plays[0].tasks[0]
+    args = MODULES["systemd"].checked_args(render(task.args, {"triton_user": "started"}))
+    assert args == {"name": "tritonserver", "state": "started", "enabled": True, "daemon_reload": False}

@@ -4,6 +4,8 @@ A playbook is a list of plays (`name`, `hosts`, `vars`, `tasks`, `handlers`) or 
 A task is `name`, one module with its arguments, and optionally `when`, `tags`, `notify`; `import_tasks`
 pulls a list of tasks (or handlers) from another file. `meta: flush_handlers` runs notified handlers there.
 Handlers are known by name across the whole run and run once each, at `flush_handlers` or at the end.
+Every module's arguments are checked against its spec here (names, types, choices); values that are Jinja2
+templates are checked by the runner once rendered.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import jinja2
 import jinja2.meta
 
+from tritonfleet.engine.spec import ArgumentError
 from tritonfleet.errors import PlaybookError
 from tritonfleet.yamlfile import line_of, load_yaml
 
@@ -168,16 +171,11 @@ def _load_tasks(items, file: Path, modules: dict, seen: tuple) -> list[Task]:
             if not isinstance(args, dict):
                 raise PlaybookError(f"arguments of '{module}' must be a mapping", file=str(file),
                                     line=line_of(item, module))
-            spec = modules[module]
-            missing = [a for a in spec.required if a not in args]
-            if missing:
-                raise PlaybookError(f"module '{module}' is missing argument(s) {', '.join(missing)}",
-                                    file=str(file), line=line_of(item, module))
-            unknown = [a for a in args if a not in spec.required + spec.optional]
-            if unknown:
-                raise PlaybookError(f"module '{module}' has no argument(s) {', '.join(map(str, unknown))}",
-                                    file=str(file), line=line_of(args, unknown[0]) or line,
-                                    hint=f"it takes {', '.join(spec.required + spec.optional) or 'no arguments'}")
+            try:
+                modules[module].checked_args(args, rendered=False)
+            except ArgumentError as exc:
+                arg_line = line_of(args, exc.arg) if exc.arg else line_of(item, module)
+                raise PlaybookError(exc.message, file=str(file), line=arg_line or line, hint=exc.hint) from None
         name = str(item.get("name") or module)
         tasks.append(Task(name=name, module=module, args=dict(args), when=_as_list(item.get("when")),
                           tags=tuple(str(t) for t in _as_list(item.get("tags"))),

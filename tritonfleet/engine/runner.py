@@ -13,7 +13,7 @@ from tritonfleet.engine.connection import Unreachable
 from tritonfleet.engine.inventory import Host
 from tritonfleet.engine.playbook import Play, Playbook, Task, evaluate_when, render
 from tritonfleet.engine.report import Reporter
-from tritonfleet.engine.spec import HostContext, Outcome
+from tritonfleet.engine.spec import ArgumentError, HostContext, Module, ModuleConnection, Outcome
 from tritonfleet.errors import TritonfleetError
 
 
@@ -70,7 +70,6 @@ def _play_applies(play: Play, host: Host) -> bool:
     return any(p in ("all", "*", host.name) or p in host.groups for p in patterns)
 
 
-
 def run_plays(book: Playbook, ctx: HostContext, run: HostRun, tags: tuple, reporter: Reporter, modules: dict) -> None:
     """Every play of `book` that applies to the host, task by task, handlers at flush points and at the end."""
     notified: list[str] = []
@@ -106,14 +105,33 @@ def _run_module(task: Task, ctx: HostContext, context: dict, modules: dict) -> O
     try:
         if not evaluate_when(task.when, context):
             return Outcome(skipped=True, msg="condition false")
-        args = render(task.args, context)
-        return modules[task.module].run(ctx, args)
+        return run_module(modules[task.module], ctx, render(task.args, context))
     except Unreachable:
         raise
+    except ArgumentError as exc:  # a rendered value the module cannot take: the playbook's line says which step
+        return Outcome(failed=True, msg=str(TritonfleetError(exc.message, file=task.file, line=task.line,
+                                                             hint=exc.hint)))
     except TritonfleetError as exc:
         return Outcome(failed=True, msg=str(exc))
     except Exception as exc:  # a module bug must fail the host, with where it happened
         return Outcome(failed=True, msg=f"{type(exc).__name__}: {exc} (in step at {task.where})")
+
+
+def run_module(module: Module, ctx: HostContext, args: dict) -> Outcome:
+    """One module call as every run makes it: rendered args checked against the spec, check mode enforced.
+
+    A module that does not support check mode is skipped in it; any other gets a connection that refuses to
+    change the host in check mode (spec.ModuleConnection) for the length of its call.
+    """
+    checked = module.checked_args(args)
+    if ctx.check and not module.supports_check_mode:
+        return Outcome(skipped=True, msg="check mode: not supported")
+    conn = ctx.conn
+    ctx.conn = ModuleConnection(conn, ctx.check)
+    try:
+        return module.run(ctx, checked)
+    finally:
+        ctx.conn = conn
 
 
 def _flush(notified: list, handlers: dict, ctx, run, reporter, context, modules: dict) -> bool:
