@@ -180,6 +180,6 @@ def _packages_for(ctx: HostContext) -> list[str]:
     try:
         return layout.python_packages(ctx.facts.pkg_mgr, ctx.facts.python_version)
     except TritonfleetError:
-        return []  # the preflight step reports the missing package manager with its fix
+        return []  # triton_preflight refuses the host, naming the packages to install by hand
 
 

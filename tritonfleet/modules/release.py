@@ -14,6 +14,11 @@ from tritonfleet.triton import layout, releases
 @module(needs=("bundle", "repository"))
 def triton_preflight(ctx, args) -> Outcome:
     problems = layout.preflight_problems(ctx.facts, ctx.bundle, ctx.repository)
+    if "triton_packages" not in ctx.host.vars and ctx.facts.python_version:
+        try:  # the packages step needs a package manager tritonfleet knows, unless the user manages them
+            layout.python_packages(ctx.facts.pkg_mgr, ctx.facts.python_version)
+        except TritonfleetError as exc:
+            problems.append(f"{exc.message} (fix: {exc.hint})")
     if problems:
         return Outcome(failed=True, msg="; ".join(problems))
     return Outcome(msg=f"{ctx.facts.os_name}, python {ctx.facts.python_version}, {len(ctx.facts.gpus)} GPU(s)")
