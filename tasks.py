@@ -1,12 +1,14 @@
-"""Invoke tasks: parse options, call the engine in `tritonfleet/`. Run `invoke --list` to see them.
+"""Invoke tasks: declare each task's options and hand them, as given, to `tritonfleet/cli.py`, which parses
+and checks them in one place (`tritonfleet/options.py`). Run `invoke --list` to see them.
 
-An option not given (--inventory, --forks, --bundle) comes from the `tritonfleet:` section of Invoke's
-configuration (tritonfleet/cli.py CONFIG_DEFAULTS), so a project can set it once in an invoke.yaml here.
+An option not given is None here: its default is in tritonfleet/options.py (`Options`), or, for --inventory,
+--forks and --bundle, in the `tritonfleet:` section of Invoke's configuration (CONFIG_DEFAULTS there), so a
+project can set it once in an invoke.yaml here.
 """
 
 from invoke import Collection, task
 
-from tritonfleet import cli
+from tritonfleet import cli, options
 
 HELP = {
     "host": "host name(s) from the inventory, comma-separated",
@@ -26,9 +28,8 @@ def _playbook_task(name: str, playbook: str, doc: str):
     @task(name=name, help=HELP)
     def run(c, host=None, group=None, models=None, check=False, json=False, inventory=None, bundle=None,
             forks=None, verbose=False):
-        cli.run_playbook_command(playbook, host=host, group=group, models=models, check=check, json_output=json,
-                                 verbose=verbose,
-                                 **cli.configured(c.config, inventory=inventory, bundle=bundle, forks=forks))
+        cli.run_playbook_command(c.config, playbook, host=host, group=group, models=models, check=check, json=json,
+                                 inventory=inventory, bundle=bundle, forks=forks, verbose=verbose)
 
     run.__doc__ = doc
     return run
@@ -42,14 +43,15 @@ smoke = _playbook_task("smoke", "smoke.yml", "Smoke-test every model remotely ov
 
 
 @task(help={**{k: v for k, v in HELP.items() if k != "check"}, "canary": "hosts deployed first, alone (default 1)",
-            "batch": "hosts per batch after the canary: N or P% (default 25%)",
-            "max_fail": "failed or unreachable hosts tolerated before the rollout stops: N or P% (default 0)"})
-def rollout(c, group=None, host=None, canary="1", batch="25%", max_fail="0", forks=None, models=None, json=False,
+            "batch": "hosts per batch after the canary: N, or P% of all the hosts rounded down (default 25%; "
+                     "0: all the rest at once), as Ansible's serial",
+            "max_fail": "failed or unreachable hosts tolerated before the rollout stops: N, or P% of all the hosts "
+                        "rounded down (default 0)"})
+def rollout(c, group=None, host=None, canary=None, batch=None, max_fail=None, forks=None, models=None, json=False,
             inventory=None, bundle=None, verbose=False):
     """Deploy to a group in batches, canary first; roll failed hosts back to their previous release."""
-    cli.rollout_command(group=group, host=host, canary=canary, batch=batch, max_fail=max_fail, models=models,
-                        json_output=json, verbose=verbose,
-                        **cli.configured(c.config, inventory=inventory, bundle=bundle, forks=forks))
+    cli.rollout_command(c.config, group=group, host=host, canary=canary, batch=batch, max_fail=max_fail, forks=forks,
+                        models=models, json=json, inventory=inventory, bundle=bundle, verbose=verbose)
 
 
 rollback = _playbook_task("rollback", "rollback.yml", "Switch hosts back to their previous release and smoke-test it.")
@@ -58,50 +60,48 @@ rollback = _playbook_task("rollback", "rollback.yml", "Switch hosts back to thei
 @task(name="status", help={k: HELP[k] for k in ("host", "group", "models", "json", "inventory", "bundle")})
 def fleet_status(c, group=None, host=None, models=None, json=False, inventory=None, bundle=None):
     """Per host: release, Triton version, service state and uptime, model states; marks drift."""
-    cli.status_command(group=group, host=host, models=models, json_output=json,
-                       **cli.configured(c.config, inventory=inventory, bundle=bundle))
+    cli.status_command(c.config, group=group, host=host, models=models, json=json, inventory=inventory,
+                       bundle=bundle)
 
 
 @task(help={"host": HELP["host"], "group": HELP["group"], "fix": "apply the safe fixes, restart, check again",
             "json": HELP["json"], "inventory": HELP["inventory"]})
 def doctor(c, host=None, group=None, fix=False, json=False, inventory=None):
     """Diagnose Triton's Python backend on hosts: every finding with its evidence and fix."""
-    cli.doctor_command(host=host, group=group, fix=fix, json_output=json,
-                       **cli.configured(c.config, inventory=inventory))
+    cli.doctor_command(c.config, host=host, group=group, fix=fix, json=json, inventory=inventory)
 
 
 @task(name="diff", help={k: HELP[k] for k in ("host", "group", "models", "json", "inventory")})
 def models_diff(c, host=None, group=None, models=None, json=False, inventory=None):
     """Show what sync-models would change on hosts: models added, removed, changed, and their files."""
-    cli.models_diff_command(host=host, group=group, models=models, json_output=json,
-                            **cli.configured(c.config, inventory=inventory))
+    cli.models_diff_command(c.config, host=host, group=group, models=models, json=json, inventory=inventory)
 
 
 @task(help={"source": HELP["bundle"]})
 def bundle(c, source=None):
     """Build (or reuse) the versioned, checksummed Triton bundle pushed to hosts."""
-    cli.bundle_command(**cli.configured(c.config, bundle=source))
+    cli.bundle_command(c.config, source=source)
 
 
 @task(name="up", help={"hosts": "how many hosts of group lab to bring up (gpu01..)", "inventory": HELP["inventory"]})
-def lab_up(c, hosts="2", inventory=None):
+def lab_up(c, hosts=None, inventory=None):
     """Bring up lab hosts: real systemd hosts in network namespaces, reached over SSH."""
-    cli.lab_up_command(hosts, **cli.configured(c.config, inventory=inventory))
+    cli.lab_up_command(c.config, hosts=hosts, inventory=inventory)
 
 
 @task(name="down")
 def lab_down(c):
     """Remove every lab host and everything the lab made (the cached base image stays)."""
-    cli.lab_down_command()
+    cli.lab_down_command(c.config)
 
 
 @task(name="status")
 def lab_status(c):
     """Show each lab host and its state."""
-    cli.lab_status_command()
+    cli.lab_status_command(c.config)
 
 
 ns = Collection(deploy, provision, sync_models, start, smoke, rollout, rollback, fleet_status, bundle, doctor)
 ns.add_collection(Collection("lab", lab_up, lab_down, lab_status))
 ns.add_collection(Collection("models", models_diff))
-ns.configure({"tritonfleet": cli.CONFIG_DEFAULTS})
+ns.configure({"tritonfleet": options.CONFIG_DEFAULTS})

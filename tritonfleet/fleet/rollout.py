@@ -7,11 +7,9 @@ not reached yet are left untouched and listed.
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass, field
 
-from tritonfleet.errors import TritonfleetError
 from tritonfleet.paths import REPO_ROOT
 from tritonfleet.engine.report import Reporter
 from tritonfleet.engine.executor import NOT_STARTED, cancel_on_interrupt
@@ -20,25 +18,6 @@ from tritonfleet.fleet.run import Prepared, RunOptions, prepare, run_playbook
 
 DEPLOY = REPO_ROOT / "playbooks" / "deploy.yml"
 ROLLBACK = REPO_ROOT / "playbooks" / "rollback.yml"
-
-
-def parse_count(value, total: int, name: str, *, round_up: bool) -> int:
-    """`N` or `P%` of `total` hosts (Ansible's `serial` style); percentages round up for batches."""
-    text = str(value).strip()
-    try:
-        if text.endswith("%"):
-            pct = float(text[:-1])
-            if not 0 <= pct <= 100:
-                raise ValueError
-            count = (math.ceil if round_up else math.floor)(total * pct / 100)
-        else:
-            count = int(text)
-            if count < 0:
-                raise ValueError
-    except ValueError:
-        raise TritonfleetError(f"--{name} {value!r} is not a count or a percentage",
-                               hint=f"use e.g. --{name} 2 or --{name} 25%") from None
-    return count
 
 
 def plan_batches(hosts: list, canary: int, batch: int) -> list[list]:
@@ -85,20 +64,20 @@ def _error_of(run: HostRun) -> str:
     return f"{failed[-1]['task']}: {failed[-1]['msg']}" if failed else ""
 
 
-def rollout(hosts: list, options: RunOptions = RunOptions(), *, canary: int = 1, batch="25%", max_fail="0",
+def rollout(hosts: list, options: RunOptions = RunOptions(), *, canary: int = 1, batch: int = 0, max_fail: int = 0,
             reporter: Reporter | None = None) -> RolloutResult:
+    """`canary` hosts first, then `batch` hosts at a time, as Ansible's `serial: [canary, batch]`; a batch of 0
+    is one batch of all the rest, as Ansible reads `serial: 0` (PlaybookExecutor._get_serialized_batches in
+    lib/ansible/executor/playbook_executor.py). More than `max_fail` failed or unreachable hosts stop it.
+    (tritonfleet/options.py turns `--batch`/`--max-fail` percentages into these counts.)"""
     reporter = reporter or Reporter()
-    total = len(hosts)
-    batch_size = parse_count(batch, total - min(canary, total), "batch", round_up=True) if total > canary else 1
-    allowed = parse_count(max_fail, total, "max-fail", round_up=False)
-    if canary < 0:
-        raise TritonfleetError("--canary must be 0 or more")
+    batch_size = batch or len(hosts)
     # Everything is checked for every host before the first one is touched.
     run = _Rollout(options, reporter,
                    deploy=prepare(DEPLOY, hosts, options.extra_vars, options.bundle_source, progress=reporter.info),
                    back=prepare(ROLLBACK, hosts, options.extra_vars, options.bundle_source, progress=reporter.info))
     with cancel_on_interrupt() as run.cancelled:
-        run.batches(plan_batches(hosts, canary, batch_size), canary, allowed)
+        run.batches(plan_batches(hosts, canary, batch_size), canary, max_fail)
     reporter.rollout_recap(run.result)
     return run.result
 
