@@ -32,17 +32,6 @@ def test_empty_inventory(tmp_path, fault_log):
               f"exit 2, `{proc.stderr.strip().splitlines()[0].replace(str(inv), 'hosts.yml')}`, no host touched")
 
 
-def test_missing_key_file(tmp_path, fault_log):
-    inv = local_inventory(tmp_path / "hosts.yml", ansible_ssh_private_key_file=str(tmp_path / "no-such-key"))
-    proc = invoke("smoke", "--host", "gpu08", "--inventory", inv, "--json")
-    assert proc.returncode == 1, show(proc)
-    no_traceback(proc)
-    assert "UNREACHABLE" in proc.stderr and "private key" in proc.stderr and "does not exist" in proc.stderr
-    fault_log("Bad input (control machine)", "`ansible_ssh_private_key_file` names a missing file",
-              "host reported UNREACHABLE: `private key ... does not exist` with the fix; exit 1; "
-              "no connection attempted")
-
-
 def test_missing_model_repository(tmp_path, fault_log):
     inv = local_inventory(tmp_path / "hosts.yml")
     proc = invoke("sync-models", "--host", "gpu08", "--inventory", inv, "--models", str(tmp_path / "nope"))

@@ -103,7 +103,32 @@ def test_group_priority_overrides_name_order(tmp_path):
             alpha: {vars: {x: alpha, ansible_group_priority: 10}, hosts: {h: {}}}
             zeta: {vars: {x: zeta}, hosts: {h: {}}}
         """)
-    assert load_inventory(inv).host("h").vars["x"] == "alpha"
+    vars_ = load_inventory(inv).host("h").vars
+    assert vars_["x"] == "alpha"
+    assert "ansible_group_priority" not in vars_  # Ansible reads it as the group's priority, not as a var
+
+
+def test_each_var_is_rendered_after_the_vars_it_uses_wherever_they_are_set(tmp_path):
+    inv = write(tmp_path, "hosts.yml", """\
+        all:
+          vars:
+            url: "http://{{ ansible_host }}:{{ triton_http_port }}"
+          hosts:
+            h1: {ansible_host: 192.0.2.1, ansible_port: "{{ base_port + 1 }}"}
+        """)
+    write(tmp_path, "host_vars/h1/ports.yml", "triton_http_port: '{{ base_port }}'\nbase_port: 2221\n")
+    h1 = load_inventory(inv).host("h1")
+    assert h1.vars["url"] == "http://192.0.2.1:2221"
+    assert h1.port == 2222  # rendered to text, then read into its type
+
+
+def test_an_error_names_the_file_and_line_that_set_the_var(tmp_path):
+    inv = write(tmp_path, "hosts.yml", "all:\n  children:\n    gpu:\n      hosts: {h1: }\n")
+    write(tmp_path, "group_vars/gpu.yml", "# ports\nansible_port: ssh\n")
+    with pytest.raises(InventoryError) as err:
+        load_inventory(inv).host("h1")
+    assert (err.value.file, err.value.line) == (str(tmp_path / "group_vars" / "gpu.yml"), 2)
+    assert "host h1: ansible_port is 'ssh'" in str(err.value)
 
 
 def test_jinja_in_vars_uses_host_vars(tmp_path):

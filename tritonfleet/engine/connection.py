@@ -43,9 +43,7 @@ from tritonfleet import secrets
 from tritonfleet.errors import TritonfleetError
 from tritonfleet.engine.inventory import Host
 
-HOST_KEY_POLICIES = ("strict", "accept-new")
 DEAD_LINK_S = 30  # a connection with nothing acknowledged for this long is given up (paramiko, ssh, rsync)
-_TRUE = ("1", "true", "yes", "on")
 _known_hosts_lock = threading.Lock()
 _prompt_lock = threading.Lock()
 _prompted: dict[str, str] = {}
@@ -71,16 +69,9 @@ class CommandResult:
         return self.exited == 0
 
 
-def _truthy(value) -> bool:
-    return value is True or str(value).strip().lower() in _TRUE
-
-
 def host_key_policy(host: Host) -> str:
-    policy = str(host.vars.get("tritonfleet_host_key_policy") or "strict").strip().lower()
-    if policy not in HOST_KEY_POLICIES:
-        raise Unreachable(f"{host.name}: tritonfleet_host_key_policy is '{policy}'",
-                          hint=f"use one of {', '.join(HOST_KEY_POLICIES)}")
-    return policy
+    """`strict` unless the inventory says `accept-new` (checked when the inventory was read: inventory.py)."""
+    return host.vars.get("tritonfleet_host_key_policy") or "strict"
 
 
 def become_password_from_vars(host: Host) -> str | None:
@@ -128,7 +119,7 @@ class HostConnection:
         if host.key_file and not Path(host.key_file).is_file():
             raise Unreachable(f"{host.name}: private key {host.key_file} does not exist",
                               hint="fix ansible_ssh_private_key_file in the inventory")
-        self.become = _truthy(host.vars.get("ansible_become", False))
+        self.become = host.vars.get("ansible_become") is True  # read as Ansible reads booleans: inventory.py
         self.become_user = str(host.vars.get("ansible_become_user") or "root")
         self._password = become_password_from_vars(host) if self.become else None
         if self._password:

@@ -20,11 +20,11 @@ from tritonfleet.engine.playbook import Playbook, load_playbook
 from tritonfleet.engine.report import Reporter
 from tritonfleet.engine.runner import HostRun, RunResult, run_plays
 from tritonfleet.engine.spec import HostContext
+from tritonfleet.engine.varspec import checked_vars
 from tritonfleet.errors import TritonfleetError
 from tritonfleet.modules import MODULES
 from tritonfleet.triton import layout
 from tritonfleet.triton.facts import gather_facts
-from tritonfleet.triton.models import SHELL_SAFE
 from tritonfleet.triton.endpoint import endpoint_for
 from tritonfleet.triton.server import ServerClient
 
@@ -37,8 +37,11 @@ MAGIC_VARS = {"facts", "inventory_hostname", "inventory_dir", "group_names", "tr
 
 
 def host_vars(host: Host, extra_vars: dict) -> dict:
-    """Defaults < inventory (already merged with Ansible's precedence) < extra vars (command line)."""
+    """Defaults < inventory (already merged with Ansible's precedence) < extra vars (command line), each var
+    tritonfleet reads checked and read into its type (layout.VAR_TYPES), so what follows uses them as they are."""
     merged = {**layout.DEFAULT_VARS, **host.vars, **extra_vars}
+    origins = {var: origin for var, origin in host.origins.items() if var not in extra_vars}
+    merged = checked_vars(merged, layout.VAR_TYPES, host.name, origins)
     merged["triton_server_args"] = layout.server_args(merged)
     merged["triton_root"] = layout.TRITON_ROOT
     merged["triton_unit_path"] = layout.UNIT_PATH
@@ -51,19 +54,17 @@ def _known_vars(hostvars: list[dict]) -> set[str]:
 
 
 def checked_host_vars(hosts: list[Host], extra_vars: dict | None = None) -> dict[str, dict]:
-    """Every host's vars, checked before any host is touched (an error names the host and what to do)."""
+    """Every host's vars, checked before any host is touched (an error names the host, the var, and the file and
+    line that set it): their types (host_vars), and the local files they name, whose absence is this machine's
+    input error, not an unreachable host."""
     all_vars = {}
     for host in hosts:
-        try:
-            all_vars[host.name] = v = host_vars(host, extra_vars or {})
-        except TritonfleetError as exc:
-            raise TritonfleetError(f"host {host.name}: {exc.message}", hint=exc.hint) from None
-        path = str(v["triton_model_repository_path"])  # it reaches `bash -c` unquoted inside the Python backend
-        if not path.startswith("/") or not all(SHELL_SAFE.match(c) for c in path):
-            raise TritonfleetError(f"host {host.name}: triton_model_repository_path {path!r} must be an absolute "
-                                   "path of letters, digits and _ . + @ = , : % / -",
-                                   hint="Triton's Python backend passes the model path unquoted to `bash -c`: "
-                                        "spaces break every model and quotes, ';', '$(...)' run as commands")
+        all_vars[host.name] = host_vars(host, extra_vars or {})
+        if host.key_file and not Path(host.key_file).is_file():
+            file, line = host.origins.get("ansible_ssh_private_key_file", (None, None))
+            raise TritonfleetError(f"host {host.name}: private key {host.key_file} (ansible_ssh_private_key_file) "
+                                   "does not exist", file=file, line=line,
+                                   hint="fix the path, or remove the var to use the SSH agent and default keys")
     return all_vars
 
 

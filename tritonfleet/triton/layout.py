@@ -11,8 +11,10 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from tritonfleet.engine import varspec
 from tritonfleet.errors import TritonfleetError
 from tritonfleet.paths import REPO_ROOT
+from tritonfleet.triton.models import SHELL_SAFE
 
 SERVICE = "tritonserver"
 UNIT_PATH = f"/etc/systemd/system/{SERVICE}.service"
@@ -48,6 +50,45 @@ DEFAULT_VARS = {
 }
 
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+BIND_ADDRESS = re.compile(r"[A-Za-z0-9_.:%-]+")
+PACKAGE_NAME = re.compile(r"[A-Za-z0-9][^\s\x00-\x1f\x7f]*")
+
+# Paths that reach `bash -c` unquoted inside Triton's Python backend (the model path, the stub under the backend
+# directory): spaces break every model, quotes, ';' and '$(...)' run as commands. Read without a trailing slash
+# (see normalize_backend_directory for why that matters).
+_HOST_PATH = varspec.absolute_path(SHELL_SAFE, "letters, digits and _ . + @ = , : % / - (Triton's Python backend "
+                                               "passes it unquoted to `bash -c`)")
+_ADDRESS = varspec.text(BIND_ADDRESS, "an IP address or host name to bind to, e.g. 0.0.0.0 or 127.0.0.1",
+                        "not an address")
+_SECONDS = varspec.whole_number(1, allowed="a whole number of seconds, 1 or more")
+
+# The type of every var in DEFAULT_VARS, and of triton_packages (engine/varspec.py): each is read into its type
+# before anything uses it, so `triton_exit_on_error: "false"` is False and `triton_http_port: abc` is refused.
+VAR_TYPES = {
+    "triton_user": varspec.text(USER_NAME, "a system user name: lower-case letters, digits, '_' and '-', "
+                                           "starting with a letter or '_', at most 32 (e.g. triton)",
+                                "not a valid system user name"),
+    "model_repository": varspec.text(allowed="a folder on this machine"),
+    "triton_model_repository_path": _HOST_PATH,
+    "triton_http_port": varspec.PORT,
+    "triton_grpc_port": varspec.PORT,
+    "triton_metrics_port": varspec.PORT,
+    "triton_http_address": _ADDRESS,
+    "triton_grpc_address": _ADDRESS,
+    "triton_metrics_address": _ADDRESS,
+    "triton_model_control_mode": varspec.choice(*MODEL_CONTROL_MODES),
+    "triton_log_verbose": varspec.whole_number(0, allowed="a whole number, 0 (off) or more"),
+    "triton_backend_config": varspec.NAMED_SETTINGS,
+    "triton_backend_directory": varspec.optional(_HOST_PATH),
+    "triton_exit_on_error": varspec.BOOLEAN,
+    "triton_strict_readiness": varspec.BOOLEAN,
+    "triton_extra_args": varspec.ARGUMENTS,
+    "triton_ready_timeout": _SECONDS,
+    "triton_keep_releases": varspec.whole_number(1, allowed="a whole number, 1 (the live release) or more"),
+    # a list only: `[]` manages the packages yourself (fleet/run.py reads it as given)
+    "triton_packages": varspec.text_list(varspec.text(PACKAGE_NAME, "package names", "not a package name")),
+}
 
 # rsync's quick check (path, size, whole-second mtime of every file) as one digest, run in a repository folder.
 MANIFEST_COMMAND = (r"find . -name __pycache__ -prune -o \( -type f -o -type l \) -printf '%P\t%s\t%T@\n' "
@@ -70,41 +111,32 @@ def normalize_backend_directory(path: str) -> str:
     return path.rstrip("/") or "/"
 
 
-USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-
-
 def server_args(v: dict) -> list[str]:
-    """The tritonserver command line for a host's vars: only flags that differ from safe defaults."""
-    if not USER_NAME.match(str(v["triton_user"])):
-        raise TritonfleetError(f"triton_user {v['triton_user']!r} is not a valid system user name",
-                               hint="use lower-case letters, digits, '_' and '-' (e.g. triton)")
-    mode = str(v["triton_model_control_mode"])
-    if mode not in MODEL_CONTROL_MODES:
-        raise TritonfleetError(f"triton_model_control_mode is '{mode}'",
-                               hint=f"use one of {', '.join(MODEL_CONTROL_MODES)}")
+    """The tritonserver command line for a host's vars, read into their types (VAR_TYPES): only flags that
+    differ from safe defaults."""
+    mode = v["triton_model_control_mode"]
     args = [
         f"--model-repository={v['triton_model_repository_path']}",
         f"--model-control-mode={mode}",
-        f"--http-port={int(v['triton_http_port'])}",
-        f"--grpc-port={int(v['triton_grpc_port'])}",
-        f"--metrics-port={int(v['triton_metrics_port'])}",
+        f"--http-port={v['triton_http_port']}",
+        f"--grpc-port={v['triton_grpc_port']}",
+        f"--metrics-port={v['triton_metrics_port']}",
         f"--http-address={v['triton_http_address']}",
         f"--grpc-address={v['triton_grpc_address']}",
         f"--metrics-address={v['triton_metrics_address']}",
         # A model that fails to load is reported UNAVAILABLE with its reason instead of a restart loop.
-        f"--exit-on-error={str(bool(v['triton_exit_on_error'])).lower()}",
-        f"--strict-readiness={str(bool(v['triton_strict_readiness'])).lower()}",
-        f"--log-verbose={int(v['triton_log_verbose'])}",
+        f"--exit-on-error={str(v['triton_exit_on_error']).lower()}",
+        f"--strict-readiness={str(v['triton_strict_readiness']).lower()}",
+        f"--log-verbose={v['triton_log_verbose']}",
     ]
     if mode == "explicit":
         args.append("--load-model=*")
-    if v.get("triton_backend_directory"):
-        args.append(f"--backend-directory={normalize_backend_directory(v['triton_backend_directory'])}")
-    for backend, settings in (v.get("triton_backend_config") or {}).items():
-        for key, value in (settings or {}).items():
+    if v["triton_backend_directory"]:
+        args.append(f"--backend-directory={v['triton_backend_directory']}")
+    for backend, settings in v["triton_backend_config"].items():
+        for key, value in settings.items():
             args.append(f"--backend-config={backend},{key}={value}")
-    args += [str(a) for a in v.get("triton_extra_args") or []]
-    return args
+    return args + v["triton_extra_args"]
 
 
 @dataclass(frozen=True)
