@@ -217,7 +217,7 @@ def test_ensemble_consumes_unproduced_tensor(tmp_path):
 
 def test_ensemble_unknown_step_input_and_unproduced_output(tmp_path):
     python_model(tmp_path, "a")
-    steps = ('    { model_name: "a" input_map { key: "WRONG" value: "X" } output_map { key: "OUT" value: "T" } }')
+    steps = ('    { model_name: "a" model_version: -1 input_map { key: "WRONG" value: "X" } output_map { key: "OUT" value: "T" } }')
     ensemble(tmp_path, "ens", steps, outputs=("Y",))
     problems = problems_of(tmp_path)
     only(problems, "not an input of")
@@ -226,7 +226,7 @@ def test_ensemble_unknown_step_input_and_unproduced_output(tmp_path):
 
 def test_ensemble_step_with_broken_model_not_reported_missing(tmp_path):
     python_model(tmp_path, "a", config='name: "a"\nbackend: "python"\nbogus: 1\n')
-    steps = '    { model_name: "a" input_map { key: "IN" value: "X" } output_map { key: "OUT" value: "Y" } }'
+    steps = '    { model_name: "a" model_version: -1 input_map { key: "IN" value: "X" } output_map { key: "OUT" value: "Y" } }'
     ensemble(tmp_path, "ens", steps)
     problems = problems_of(tmp_path)
     assert [p.model for p in problems] == ["a"] and "does not parse" in problems[0].message
@@ -234,8 +234,8 @@ def test_ensemble_step_with_broken_model_not_reported_missing(tmp_path):
 
 def test_valid_ensemble(tmp_path):
     python_model(tmp_path, "a")
-    steps = ('    { model_name: "a" input_map { key: "IN" value: "X" } output_map { key: "OUT" value: "T" } },\n'
-             '    { model_name: "a" input_map { key: "IN" value: "T" } output_map { key: "OUT" value: "Y" } }')
+    steps = ('    { model_name: "a" model_version: -1 input_map { key: "IN" value: "X" } output_map { key: "OUT" value: "T" } },\n'
+             '    { model_name: "a" model_version: -1 input_map { key: "IN" value: "T" } output_map { key: "OUT" value: "Y" } }')
     ensemble(tmp_path, "ens", steps)
     repo = validate_repository(tmp_path)
     assert repo.models["ens"].backend == "ensemble"
@@ -324,7 +324,7 @@ def test_all_problems_reported_together(tmp_path):
     python_model(tmp_path, "mismatch", name="something_else")
     python_model(tmp_path, "noversion", versions=())
     python_model(tmp_path, "nomodel", model_py=None)
-    ensemble(tmp_path, "ens", '    { model_name: "ghost" input_map { key: "IN" value: "X" } output_map { key: "OUT" value: "Y" } }')
+    ensemble(tmp_path, "ens", '    { model_name: "ghost" model_version: -1 input_map { key: "IN" value: "X" } output_map { key: "OUT" value: "Y" } }')
     with pytest.raises(ModelRepositoryError) as info:
         validate_repository(tmp_path)
     err = info.value
