@@ -7,6 +7,7 @@ marked `server`: they take tens of seconds, and they take the wheel from the cac
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -454,3 +455,23 @@ def test_real_tritonserver_serves_a_python_model(wheel_bundle, tmp_path):
             os.killpg(proc.pid, 9)
         except ProcessLookupError:
             pass
+
+
+def test_a_sidecar_without_backends_is_completed_from_the_tarball_once(tmp_path):
+    """Bundles cached before the sidecar named their backends: listed once from the tarball, then recorded."""
+    tar_path = tmp_path / "triton-2.51.0-000000000000.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tf:
+        for name in ("backends/python/libtriton_python.so", "backends/onnxruntime/libtriton_onnxruntime.so",
+                     "bin/tritonserver"):
+            data = b"x"
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    sidecar = tmp_path / "triton-2.51.0-000000000000.json"
+    sidecar.write_text(json.dumps({"sha256": "0" * 64, "size": tar_path.stat().st_size,
+                                   "bundle_id": "triton-2.51.0-000000000000", "triton_version": "2.51.0",
+                                   "python_versions": ["3.11"]}))
+    assert bmod.load_bundle(tar_path).backends == ("onnxruntime", "python")
+    assert json.loads(sidecar.read_text())["backends"] == ["onnxruntime", "python"]
+    tar_path.write_bytes(b"\0" * tar_path.stat().st_size)  # unreadable as a tarball: the sidecar answers now
+    assert bmod.load_bundle(sidecar).backends == ("onnxruntime", "python")

@@ -108,11 +108,12 @@ def prepare(playbook_path: str | Path, hosts: list[Host], extra_vars: dict | Non
         bundle = resolve_bundle(bundle_source, progress=progress)
     repositories = {}
     if needs & {"repository", "bundle"}:
-        from tritonfleet.triton.models import validate_repository
+        from tritonfleet.triton.models import DEFAULT_BACKENDS, validate_repository
+        backends = bundle.backends if bundle is not None else DEFAULT_BACKENDS
         for name, v in all_vars.items():
             path = str(Path(str(v["model_repository"])).expanduser().resolve())
             if path not in repositories:
-                repositories[path] = validate_repository(path)
+                repositories[path] = validate_repository(path, backends=backends)
             v["model_repository"] = path
     for v in all_vars.values():
         if bundle is not None:

@@ -79,6 +79,7 @@ class Bundle:
     bundle_id: str                       # "triton-2.51.0-<sha12>"
     triton_version: str                  # "2.51.0"
     python_versions: tuple[str, ...]     # ("3.8", "3.9", "3.10", ...)
+    backends: tuple[str, ...] = ()       # ("python",): the backends a model's config may name
 
     def stub_path(self, python_version: str) -> str:
         """Path, inside the bundle, of the stub for the host's Python; fails early when there is none,
@@ -186,7 +187,9 @@ def load_bundle(path: str | Path, verify: bool = False) -> Bundle:
     try:
         bundle = Bundle(path=tar_path, sha256=meta["sha256"], size=int(meta["size"]),
                         bundle_id=meta["bundle_id"], triton_version=meta["triton_version"],
-                        python_versions=tuple(meta["python_versions"]))
+                        python_versions=tuple(meta["python_versions"]),
+                        backends=tuple(meta["backends"]) if "backends" in meta else _backends_in(tar_path,
+                                                                                                 json_path, meta))
     except (KeyError, TypeError, ValueError) as exc:
         raise TritonfleetError(f"bundle metadata lacks or mangles {exc}", file=str(json_path),
                                hint=hint) from None
@@ -561,6 +564,27 @@ class _HashingWriter(io.RawIOBase):
         return self.f.write(b)
 
 
+def _backend_names(names) -> tuple[str, ...]:
+    """The backends a tree carries: the folders under backends/ (each `backends/<name>/libtriton_<name>.so`)."""
+    return tuple(sorted({n.split("/")[1] for n in names if n.startswith("backends/") and n.count("/") >= 2}))
+
+
+def _backends_in(tar_path: Path, json_path: Path, meta: dict) -> tuple[str, ...]:
+    """For a bundle cached before its sidecar recorded them: read them from the tarball's listing, once, and
+    record them in the sidecar so the next run does not read the tarball again."""
+    try:
+        with tarfile.open(tar_path, "r:gz") as tf:
+            backends = _backend_names(tf.getnames())
+    except (OSError, tarfile.TarError):
+        return ()  # the size check below reports a missing or broken tarball
+    try:
+        _write_atomic(json_path, (json.dumps(dict(meta, backends=list(backends)), indent=2, sort_keys=True)
+                                  + "\n").encode())
+    except OSError:
+        pass  # a read-only cache still works, at the cost of this listing per run
+    return backends
+
+
 def _pack(entries: list[_Entry], version: str, source: str, source_id: str, bundles_dir: Path,
           progress: Progress) -> Bundle:
     """Write the deterministic tarball and its sidecar json atomically into the cache."""
@@ -607,11 +631,12 @@ def _pack(entries: list[_Entry], version: str, source: str, source_id: str, bund
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    meta = dict(manifest, sha256=sha, size=size, bundle_id=bundle_id, source_id=source_id)
+    backends = _backend_names(names)  # in the sidecar only: the tarball (and so the bundle id) stays as it was
+    meta = dict(manifest, sha256=sha, size=size, bundle_id=bundle_id, source_id=source_id, backends=list(backends))
     _write_atomic(bundles_dir / f"{bundle_id}.json",
                   (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     progress(f"bundle {bundle_id} ({_mb(size)}) in {final}")
-    return Bundle(final, sha, size, bundle_id, version, pythons)
+    return Bundle(final, sha, size, bundle_id, version, pythons, backends)
 
 
 def _add_entry(tf: tarfile.TarFile, e: _Entry) -> None:
