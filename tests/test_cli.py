@@ -38,7 +38,8 @@ def fake_bundle(tmp_path) -> str:
         tf.addfile(info, io.BytesIO(data))
     (tmp_path / "triton-2.51.0-test.json").write_text(json.dumps({
         "sha256": hashlib.sha256(tar.read_bytes()).hexdigest(), "size": tar.stat().st_size,
-        "bundle_id": "triton-2.51.0-test", "triton_version": "2.51.0", "python_versions": ["3.11"]}))
+        "bundle_id": "triton-2.51.0-test", "triton_version": "2.51.0", "python_versions": ["3.11"],
+        "backends": ["python"]}))
     return str(tar)
 
 
