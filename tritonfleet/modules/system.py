@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from pathlib import Path
 
 from tritonfleet.engine.packages import install_command
-from tritonfleet.engine.playbook import compiled_template
+from tritonfleet.engine.jinja import RenderError, render_text
+from tritonfleet.engine.playbook import template_path
 from tritonfleet.engine.spec import Arg, Outcome, module
 from tritonfleet.modules.common import q, would
-from tritonfleet.paths import REPO_ROOT
 from tritonfleet.triton import layout
 
 
@@ -45,13 +44,14 @@ def packages(ctx, args) -> Outcome:
               "mode": Arg("str", default="0644"), "owner": Arg("str", default="root"),
               "group": Arg("str", default="root")})
 def template(ctx, args) -> Outcome:
-    src = Path(args["src"])
-    src = src if src.is_absolute() else REPO_ROOT / "templates" / src
+    src = template_path(args["src"])  # where the playbook's load check looked for it
     dest = args["dest"]
     try:
-        wanted = compiled_template(src.read_text()).render(ctx.vars)
+        wanted = render_text(src.read_text(), ctx.vars)
     except OSError as exc:
         return Outcome(failed=True, msg=f"template {src}: {exc.strerror}")
+    except RenderError as exc:
+        return Outcome(failed=True, msg=f"template {src}: {exc.reason}")
     unit_sha256 = hashlib.sha256(wanted.encode()).hexdigest() if dest == layout.UNIT_PATH else None
     if unit_sha256 and unit_sha256 == ctx.facts.unit_sha256:
         return Outcome(msg=f"{dest} up to date")  # the facts carry the unit's checksum: no need to read it
