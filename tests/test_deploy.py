@@ -126,7 +126,7 @@ def test_check_mode_shows_unit_diff_and_changes_nothing(first_deploy, tmp_path):
         "gpu01: {ansible_host: 10.213.0.11}", "gpu01: {ansible_host: 10.213.0.11, triton_log_verbose: 1}"))
     pid = server_pid()
     unit = on_host("cat /etc/systemd/system/tritonserver.service")
-    proc, report = deploy("--check", "--inventory", str(inventory))
+    proc, report = deploy("--check", "--diff", "--inventory", str(inventory))
     assert report["check"] and report["changed"] >= 1
     assert "-ExecStart=" in proc.stderr and "+ExecStart=" in proc.stderr and "--log-verbose=1" in proc.stderr
     assert on_host("cat /etc/systemd/system/tritonserver.service") == unit

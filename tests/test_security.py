@@ -132,7 +132,7 @@ def test_secret_vars_are_redacted_in_human_and_json_output(deployed, tmp_path, f
         # the secret ends up in the unit file: the --check diff would show it
         "triton_extra_args": [f"--id=tf-{license_key}-{token}"],
     }})
-    proc, report = deploy("--inventory", inv, "--check", "--verbose")
+    proc, report = deploy("--inventory", inv, "--check", "--diff", "--verbose")
     assert proc.returncode == 0, show(proc)
     assert report["check"] and report["changed"] >= 1
     text = proc.stdout + proc.stderr

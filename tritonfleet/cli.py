@@ -10,9 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tritonfleet import secrets
 from tritonfleet.errors import TritonfleetError
-from tritonfleet.engine.inventory import load_inventory
-from tritonfleet.options import Options, parse_options
+from tritonfleet.engine import patterns, vault
+from tritonfleet.engine.inventory import Inventory, load_inventory
+from tritonfleet.options import Options, command_line_vars, parse_options, vault_sources
 from tritonfleet.paths import REPO_ROOT
 from tritonfleet.engine.report import Reporter, redact, redact_data
 
@@ -25,14 +27,17 @@ class CommandFailed(SystemExit):
 
 def command(fn):
     """A task's body, called with Invoke's configuration and the task's options as given: the options are
-    parsed first (tritonfleet/options.py) and the body gets them as one `Options`. Every error is a clear
+    parsed first (tritonfleet/options.py), the vault passwords of a task that takes them read (so every file
+    loaded after can be decrypted), and the body gets the options as one `Options`. Every error is a clear
     exit, never a traceback: its message on stderr and, with --json, a JSON object on stdout
     (`{"ok": false, "error", "hint", "file", "line"}`), so a script reading stdout always gets JSON."""
     @functools.wraps(fn)
     def wrapper(config, *args, **given):
         json_output = bool(given.get("json"))
         try:
-            return fn(parse_options(config, **given), *args)
+            opts = parse_options(config, **given)
+            vault.configure(vault.load_secrets(vault_sources(opts)) if "vault_id" in given else [])
+            return fn(opts, *args)
         except TritonfleetError as exc:
             _print_error(str(exc))
             _print_json_error(json_output, exc.message, exc.hint, exc.file, exc.line)
@@ -63,22 +68,67 @@ def _print_json_error(json_output: bool, error: str, hint: str | None = None, fi
 
 
 def _hosts(opts: Options) -> list:
-    return load_inventory(opts.inventory).select(host=opts.host, group=opts.group)
+    """The hosts --host or --group select (the play's `hosts:`; every host without either), narrowed by --limit as
+    ansible-playbook narrows a play. With --list-hosts they are printed and the command ends there, exit 0."""
+    inventory = load_inventory(opts.inventory)
+    hosts = inventory.select(host=opts.host, group=opts.group) if opts.limit is None else _limited(inventory, opts)
+    if opts.list_hosts:
+        _print_hosts([h.name for h in hosts], opts.json)
+        raise SystemExit(0)
+    return hosts
 
 
-def _run_options(opts: Options):
+def _limited(inventory: Inventory, opts: Options) -> list:
+    """The selected hosts that the --limit pattern matches too, in the selection's order; only their vars are read
+    (for --group, the others' are not rendered). Nothing left is an error, as ansible-playbook's."""
+    allowed = set(patterns.match(opts.limit, inventory, warn=_warn))
+    if opts.host is not None:
+        hosts = [h for h in inventory.select(host=opts.host) if h.name in allowed]
+    else:
+        hosts = [inventory.host(n) for n in inventory.group_hosts(opts.group or "all") if n in allowed]
+    if not hosts:
+        chosen = f"--host {opts.host}" if opts.host else f"group {opts.group or 'all'}"
+        raise TritonfleetError(f"--limit {opts.limit!r} leaves no hosts to target among the hosts of {chosen}",
+                               file=str(inventory.path), hint="check the pattern: `--list-hosts` shows what it selects")
+    return hosts
+
+
+def _warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {escape(redact(message))}")
+
+
+def _print_hosts(names: list[str], json_output: bool) -> None:
+    """What `ansible PATTERN --list-hosts` prints; with --json, `{"ok": true, "hosts": [...]}`."""
+    if json_output:
+        print(json.dumps({"ok": True, "hosts": names}, indent=2))
+        return
+    print(f"  hosts ({len(names)}):" + "".join(f"\n    {name}" for name in names))
+
+
+def _command_vars(opts: Options, hosts: list) -> dict:
+    """`--models` and `-e`, the vars above all others. A var that is secret (by its name, or listed in a host's
+    tritonfleet_secret_vars) is redacted from every output from here on."""
+    found = command_line_vars(opts)
+    for host in hosts:
+        secrets.register(secrets.secret_values({**host.vars, **found}))
+    return found
+
+
+def _run_options(opts: Options, hosts: list):
     from tritonfleet.fleet.run import RunOptions
-    return RunOptions(check=opts.check, forks=opts.forks, extra_vars=opts.extra_vars, bundle_source=opts.bundle)
+    return RunOptions(check=opts.check, forks=opts.forks, tags=opts.tags, skip_tags=opts.skip_tags,
+                      extra_vars=_command_vars(opts, hosts), bundle_source=opts.bundle)
 
 
 def _reporter(opts: Options) -> Reporter:
-    return Reporter(json_output=opts.json, verbose=opts.verbose)
+    return Reporter(json_output=opts.json, verbose=opts.verbose, diff=opts.diff)
 
 
 @command
 def run_playbook_command(opts: Options, playbook: str) -> None:
     from tritonfleet.fleet.run import run_playbook
-    result = run_playbook(REPO_ROOT / "playbooks" / playbook, _hosts(opts), _run_options(opts),
+    hosts = _hosts(opts)
+    result = run_playbook(REPO_ROOT / "playbooks" / playbook, hosts, _run_options(opts, hosts),
                           reporter=_reporter(opts))
     if result.interrupted:
         raise CommandFailed(130)
@@ -90,7 +140,7 @@ def run_playbook_command(opts: Options, playbook: str) -> None:
 def rollout_command(opts: Options) -> None:
     from tritonfleet.fleet.rollout import rollout
     hosts = _hosts(opts)
-    result = rollout(hosts, _run_options(opts), canary=opts.canary, batch=opts.batch_size(len(hosts)),
+    result = rollout(hosts, _run_options(opts, hosts), canary=opts.canary, batch=opts.batch_size(len(hosts)),
                      max_fail=opts.failures_allowed(len(hosts)), reporter=_reporter(opts))
     if result.stopped.startswith("interrupted"):
         raise CommandFailed(130)
@@ -101,7 +151,8 @@ def rollout_command(opts: Options) -> None:
 @command
 def status_command(opts: Options) -> None:
     from tritonfleet.fleet.status import as_dicts, fleet_status
-    rows = fleet_status(_hosts(opts), opts.extra_vars, opts.bundle, progress=console.print)
+    hosts = _hosts(opts)
+    rows = fleet_status(hosts, _command_vars(opts, hosts), opts.bundle, progress=console.print)
     table = Table("host", "reachable", "triton", "release", "service", "uptime", "restarts", "models", "drift")
     for r in rows:
         models_text = ", ".join(f"{n}:{s.split(':')[0]}" for n, s in sorted(r.models.items()))
@@ -123,7 +174,7 @@ def doctor_command(opts: Options) -> None:
     from tritonfleet.triton import doctor
     hosts = _hosts(opts)
     out = Console(stderr=opts.json, highlight=False, soft_wrap=True)
-    reports = doctor.run_doctor(hosts, checked_host_vars(hosts), fix=opts.fix,
+    reports = doctor.run_doctor(hosts, checked_host_vars(hosts, _command_vars(opts, hosts)), fix=opts.fix,
                                 progress=lambda h, msg: console.print(f"  {h} [dim]… {msg}[/dim]"))
     for r in reports:
         if r.unreachable:
@@ -157,7 +208,7 @@ def models_diff_command(opts: Options) -> None:
     from tritonfleet.fleet.run import checked_host_vars
     from tritonfleet.triton.models import validate_repository
     hosts = _hosts(opts)
-    all_vars = checked_host_vars(hosts, opts.extra_vars)
+    all_vars = checked_host_vars(hosts, _command_vars(opts, hosts))
     sources: dict[str, str] = {}
     for hv in all_vars.values():  # every repository validated before any host is touched
         repo = str(hv["model_repository"])

@@ -1,7 +1,11 @@
 """YAML loading that remembers line numbers, so errors in inventories and playbooks can point at them.
 
 It refuses what plain YAML would let through silently: a key given twice in one mapping (YAML keeps the last,
-so a second `hosts:` in a group would drop the first block), and tags it does not read (Ansible's `!vault`).
+so a second `hosts:` in a group would drop the first block), and tags it does not read (`!unsafe`).
+
+Ansible Vault is read here, for every file the inventory and playbooks load: a `!vault` value and a whole
+encrypted file are decrypted with the passwords given to `engine.vault.configure`; without one, or with a wrong
+one, the file (and line) is an error. What they decrypt to is secret: redacted from every output.
 """
 
 from __future__ import annotations
@@ -11,14 +15,13 @@ from pathlib import Path
 
 import yaml
 
+from tritonfleet import secrets
+from tritonfleet.engine import vault
 from tritonfleet.errors import TritonfleetError
 
 # libyaml's parser when PyYAML has it: a 50,000-host inventory loads in a second instead of six
 _BASE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-VAULT_FILE_HEADER = "$ANSIBLE_VAULT;"
-VAULT_HINT = ("Ansible Vault lands in a later release: decrypt it (`ansible-vault decrypt`), or keep the secret "
-              "out of the inventory (the sudo password: tritonfleet_become_password_env)")
 
 
 class LineDict(dict):
@@ -75,16 +78,26 @@ class _LineLoader(_BASE_LOADER):
         seq.line = node.start_mark.line + 1
         return seq
 
+    def construct_vault(self, node):
+        """A `!vault` value: the text it decrypts to, a secret from here on."""
+        if not isinstance(node, yaml.ScalarNode):
+            raise _Refused("!vault tags a list or mapping: it must tag the vaulttext", node.start_mark,
+                           "paste the output of `ansible-vault encrypt_string` as it is")
+        try:
+            value = vault.decrypt(node.value)
+        except vault.VaultError as exc:
+            raise _Refused(f"cannot decrypt this !vault value: {exc.message}", node.start_mark, exc.hint) from None
+        secrets.register([value])
+        return value
+
     def refuse_tag(self, node):
-        if node.tag == "!vault":
-            raise _Refused("an Ansible Vault encrypted value (!vault) is not supported yet", node.start_mark,
-                           VAULT_HINT)
         raise _Refused(f"YAML tag {node.tag} is not supported", node.start_mark,
                        "write the value as plain YAML (text, number, list or mapping)")
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _LineLoader.construct_sequence)
+_LineLoader.add_constructor("!vault", _LineLoader.construct_vault)
 _LineLoader.add_constructor(None, _LineLoader.refuse_tag)
 
 
@@ -106,11 +119,15 @@ def load_yaml(path: str | Path, error_class=TritonfleetError):
     except UnicodeDecodeError:
         raise error_class("not a text file (it is not UTF-8)", file=str(path),
                           hint="name the YAML file, not a binary one") from None
-    if text.startswith(VAULT_FILE_HEADER):
-        raise error_class("the file is encrypted with Ansible Vault, which is not supported yet", file=str(path),
-                          line=1, hint=VAULT_HINT)
+    encrypted = vault.is_encrypted(text)
+    if encrypted:
+        try:
+            text = vault.decrypt(text)
+        except vault.VaultError as exc:
+            raise error_class(f"cannot decrypt this file: {exc.message}", file=str(path), line=1,
+                              hint=exc.hint) from None
     try:
-        return yaml.load(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=_LineLoader)
     except _Refused as exc:
         raise error_class(exc.problem, file=str(path), line=exc.problem_mark.line + 1, hint=exc.note) from None
     except yaml.MarkedYAMLError as exc:
@@ -121,3 +138,19 @@ def load_yaml(path: str | Path, error_class=TritonfleetError):
                           hint="fix the YAML at that line (indentation, quotes, colons)") from None
     except yaml.YAMLError as exc:
         raise error_class(f"YAML error: {exc}", file=str(path)) from None
+    if encrypted:
+        secrets.register(_texts(data))
+    return data
+
+
+def _texts(data):
+    """The text values (not keys) of a decrypted file: every one is treated as secret. Numbers and booleans are
+    not, or a port or `true` in a vaulted file would be hidden from every line printed."""
+    if isinstance(data, str):
+        yield data
+    elif isinstance(data, dict):
+        for value in data.values():
+            yield from _texts(value)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _texts(value)

@@ -45,11 +45,13 @@ def redact_data(data):
 
 
 class Reporter:
-    def __init__(self, json_output: bool = False, verbose: bool = False, console: Console | None = None):
+    def __init__(self, json_output: bool = False, verbose: bool = False, console: Console | None = None,
+                 diff: bool = False):
         self.console = console or Console(stderr=True, highlight=False, soft_wrap=True,
                                           width=None if sys.stderr.isatty() else 160)
         self.json_output = json_output
         self.verbose = verbose
+        self.diff = diff  # show file diffs (`--diff`), as Ansible: only when asked; --json has them either way
         self._lock = threading.Lock()
 
     def add_secrets(self, values) -> None:
@@ -78,7 +80,7 @@ class Reporter:
         if outcome.msg and (status != "ok" or outcome.show or self.verbose):
             body = escape(outcome.msg)
             line += f"\n{body}" if "\n" in outcome.msg else f" [dim]— {body}[/dim]"
-        if outcome.diff:
+        if outcome.diff and self.diff:
             line += "\n" + escape(outcome.diff.rstrip())
         if outcome.failed and outcome.data.get("journal"):
             line += "\n    last lines of the service journal:\n" + escape(

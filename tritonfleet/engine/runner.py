@@ -70,8 +70,25 @@ def _play_applies(play: Play, host: Host) -> bool:
     return any(p in ("all", "*", host.name) or p in host.groups for p in patterns)
 
 
-def run_plays(book: Playbook, ctx: HostContext, run: HostRun, tags: tuple, reporter: Reporter, modules: dict) -> None:
-    """Every play of `book` that applies to the host, task by task, handlers at flush points and at the end."""
+def selected_by_tags(task_tags, only: tuple = (), skip: tuple = ()) -> bool:
+    """Whether a task runs under `--tags only --skip-tags skip`, as Ansible decides (playbook/taggable.py
+    evaluate_tags): no --tags means `all`, which runs every task but those tagged `never`; `always` runs unless
+    skipped by name or by `--skip-tags all`; `tagged` and `untagged` select by whether a task has tags."""
+    tags = set(task_tags) or {"untagged"}
+    only = set(only) or {"all"}
+    tagged = tags != {"untagged"}
+    if not ("always" in tags or ("all" in only and "never" not in tags) or tags & only
+            or ("tagged" in only and tagged and "never" not in tags)):
+        return False
+    if "all" in skip:
+        return "always" in tags and "always" not in skip
+    return not (tags & set(skip) or ("tagged" in skip and tagged))
+
+
+def run_plays(book: Playbook, ctx: HostContext, run: HostRun, tags: tuple, reporter: Reporter, modules: dict,
+              skip_tags: tuple = ()) -> None:
+    """Every play of `book` that applies to the host, task by task (those `tags` and `skip_tags` select), handlers
+    at flush points and at the end. Handlers run when notified, whatever their tags, as in Ansible."""
     notified: list[str] = []
     handlers = book.handlers
     for play in book.plays:
@@ -83,7 +100,7 @@ def run_plays(book: Playbook, ctx: HostContext, run: HostRun, tags: tuple, repor
                 if not _flush(notified, handlers, ctx, run, reporter, context, modules):
                     return
                 continue
-            if tags and not set(task.tags) & set(tags):
+            if not selected_by_tags(task.tags, tags, skip_tags):
                 continue
             outcome = _run_task(task, ctx, context, modules)
             _record(run, task, outcome, reporter, ctx.host.name)

@@ -70,11 +70,13 @@ def checked_host_vars(hosts: list[Host], extra_vars: dict | None = None) -> dict
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a run goes, the same for every host: check mode, hosts at once, tags, command-line vars, the bundle."""
+    """How a run goes, the same for every host: check mode, hosts at once, the tasks that run (`--tags`,
+    `--skip-tags`, as Ansible selects them: runner.selected_by_tags), command-line vars, the bundle."""
 
     check: bool = False
     forks: int = 10
     tags: tuple = ()
+    skip_tags: tuple = ()
     extra_vars: dict = field(default_factory=dict)  # highest precedence, like ansible-playbook -e
     bundle_source: str | None = None
 
@@ -139,7 +141,7 @@ def run_playbook(playbook_path: str | Path, hosts: list[Host], options: RunOptio
         ctx = HostContext(host, conn, prepared.vars[host.name], check, bundle=prepared.bundle,
                           repository=prepared.repository_of(host.name),
                           progress=lambda msg: reporter.progress(host.name, msg), connect_server=connect_server)
-        _run_host(book, ctx, runs[host.name], options.tags, reporter)
+        _run_host(book, ctx, runs[host.name], options, reporter)
 
     events = Events(unreachable=reporter.unreachable, failed=reporter.failed_host, note=reporter.progress)
     results, interrupted = for_each_host(hosts, work, forks=options.forks, lock="" if check else book.path.stem,
@@ -159,7 +161,7 @@ def connect_server(ctx: HostContext) -> ServerClient:
     return ServerClient(endpoint_for(ctx.host.address, ctx.vars, ctx.conn))
 
 
-def _run_host(book, ctx: HostContext, run: HostRun, tags: tuple, reporter: Reporter) -> None:
+def _run_host(book, ctx: HostContext, run: HostRun, options: RunOptions, reporter: Reporter) -> None:
     started = time.monotonic()
     ctx.facts = gather_facts(ctx.conn, str(ctx.vars["triton_user"]), str(ctx.vars["triton_model_repository_path"]))
     run.facts_seconds = time.monotonic() - started
@@ -168,7 +170,7 @@ def _run_host(book, ctx: HostContext, run: HostRun, tags: tuple, reporter: Repor
     run.facts = ctx.facts.summary()
     run.release_before = ctx.facts.live.id if ctx.facts.live else ""
     try:
-        run_plays(book, ctx, run, tags, reporter, MODULES)
+        run_plays(book, ctx, run, options.tags, reporter, MODULES, skip_tags=options.skip_tags)
     finally:
         run.live_release = ctx.facts.live_release
         run.release_after = ctx.facts.live.id if ctx.facts.live else ""
