@@ -140,7 +140,8 @@ def test_a_group_that_is_its_own_descendant(tmp_path, fault_log):
                   children:
                     a:
         """)
-    assert err.line == 10 and "adding group 'a' as a child of 'c' creates a recursive dependency loop" in str(err)
+    # read in Ansible's order (a child's own children first), the loop closes when c becomes b's child
+    assert err.line == 8 and "adding group 'c' as a child of 'b' creates a recursive dependency loop" in str(err)
     fault_log(AREA, "a group that is its own child through another (`a > b`, `b > c > a`; accepted)",
               f"refused when the inventory is read: {shown(err, tmp_path)}")
 
@@ -163,8 +164,6 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, fault_log):
     ("10.10: {}", 3, "host name 10.1 is not text: YAML read it as a number", "host `10.1`"),
     ("~: {}", 3, "host name None is not text: YAML read it as empty", "host `None`"),
     ("yes: {}\n    1: {}", 4, "keys True (line 3) and 1 (line 4) are one key once read", "one host `True`"),
-    ("gpu[01:08]: {}", 3, "host name 'gpu[01:08]' is a host range, which is not supported yet",
-     "one host of that name"),
 ])
 def test_a_host_name_yaml_does_not_read_as_text(tmp_path, fault_log, hosts, line, says, before):
     err = refusal(tmp_path, f"all:\n  hosts:\n    {hosts}\n")
@@ -205,29 +204,51 @@ def test_vars_folders_are_read_as_ansible_reads_them(tmp_path, fault_log):
               "`all.yaml`, `all.json`")
 
 
+def test_a_host_range_is_read_as_ansible_reads_it(tmp_path, fault_log):
+    path = write(tmp_path, "all:\n  hosts:\n    gpu[01:08]: {ansible_port: 2222}\n    gpu[09:16:7]:2200:\n")
+    hostvars = checked(path)
+    assert list(hostvars) == [f"gpu{i:02}" for i in range(1, 9)] + ["gpu09", "gpu16"]
+    assert hostvars["gpu08"]["ansible_port"] == 2222 and hostvars["gpu16"]["ansible_port"] == 2200
+    fault_log(AREA, "host key `gpu[01:08]` (was: refused, host ranges not supported)",
+              "read as Ansible reads it: hosts gpu01 to gpu08; `[09:16:7]` every 7th, `host:port` the port")
+
+
+def test_an_ini_inventory_is_read_as_ansible_reads_it(tmp_path, fault_log):
+    path = tmp_path / "hosts.ini"
+    path.write_text("gpu07 ansible_port=2222\n[lab]\ngpu08 ansible_port=\"2223\"\n[lab:vars]\ntriton_http_port=9000\n")
+    hostvars = checked(path)
+    assert (hostvars["gpu07"]["ansible_port"], hostvars["gpu08"]["ansible_port"]) == (2222, 2223)
+    assert "--http-port=9000" in hostvars["gpu08"]["triton_server_args"]
+    fault_log(AREA, "an INI inventory (was: refused, INI not supported)",
+              "read as Ansible reads it: `[group]`, `[group:vars]`, `[group:children]`, host ranges, values typed "
+              "as Ansible types them")
+
+
 @pytest.mark.parametrize("what, text, files, says", [
-    ("an INI inventory", "[lab]\ngpu08 ansible_host=127.0.0.1\n", {},
-     "this is an INI inventory (line 1: '[lab]'), which is not supported yet"),
-    ("a `!vault` value", "all:\n  hosts:\n    gpu08:\n      token: !vault |\n        $ANSIBLE_VAULT;1.1;AES256\n"
-     "        3131\n", {}, "an Ansible Vault encrypted value (!vault) is not supported yet"),
-    ("a vault-encrypted `group_vars` file", "all:\n  hosts:\n    gpu08: {}\n",
-     {"group_vars/all/vault.yml": "$ANSIBLE_VAULT;1.1;AES256\n3131\n"},
-     "the file is encrypted with Ansible Vault, which is not supported yet"),
+    ("an inventory plugin config", "plugin: amazon.aws.aws_ec2\nregions: [us-east-1]\n", {},
+     "this is an inventory plugin config (plugin: amazon.aws.aws_ec2), which is not read"),
 ])
 def test_an_input_not_supported_yet_is_named_as_what_it_is(tmp_path, fault_log, what, text, files, says):
     err = refusal(tmp_path, text, files)
     assert says in str(err) and "YAML syntax error" not in str(err), str(err)
-    fault_log(AREA, f"{what} (was: `YAML syntax error` ... fix indentation)",
+    fault_log(AREA, what,
               f"refused, named as what it is: {shown(err, tmp_path)}")
 
 
-def test_an_inventory_directory_is_named_as_such(tmp_path, fault_log):
-    (tmp_path / "inventory").mkdir()
+def test_an_inventory_directory_is_read_as_ansible_reads_it(tmp_path, fault_log):
+    write(tmp_path / "inventory", "all:\n  hosts:\n    gpu07: {}\n", {
+        "lab.ini": "[lab]\ngpu08\n", "README.md": "[skipped]\nnot-a-host\n",
+        "group_vars/lab.yml": "triton_http_port: 9000\n"})
+    hostvars = checked(tmp_path / "inventory")
+    assert list(hostvars) == ["gpu07", "gpu08"]
+    assert "--http-port=9000" in hostvars["gpu08"]["triton_server_args"]
+    (tmp_path / "empty").mkdir()
     with pytest.raises(TritonfleetError) as err:
-        load_inventory(tmp_path / "inventory")
-    assert "is a directory: inventory directories are not supported yet" in str(err.value)
-    fault_log(AREA, "an inventory directory (was: `cannot read: Is a directory`, fix: check permissions)",
-              f"refused: {shown(err.value, tmp_path)}")
+        load_inventory(tmp_path / "empty")
+    assert "this inventory directory holds no inventory file" in str(err.value)
+    fault_log(AREA, "an inventory directory (was: refused, inventory directories not supported)",
+              "read as Ansible reads it: its files sorted by name, subfolders too, hidden files, group_vars/, "
+              f"host_vars/ and .md/.txt/~ files skipped; one with no inventory file: {shown(err.value, tmp_path)}")
 
 
 def test_an_unknown_host_in_50000_is_found_in_linear_time(tmp_path, fault_log):
@@ -255,8 +276,9 @@ E2E_ROWS = [
     ("a missing private key file", lambda tmp_path: local_inventory(
         tmp_path / "hosts.yml", ansible_ssh_private_key_file=str(tmp_path / "no-such-key")),
      "private key"),
-    ("an INI inventory", lambda tmp_path: write(tmp_path, "[lab]\ngpu08 ansible_host=127.0.0.1\n"),
-     "INI inventory"),
+    ("a bad var in an INI inventory", lambda tmp_path: write(tmp_path, "[lab]\ngpu08 ansible_host=127.0.0.1 "
+                                                                       "ansible_port=abc\n"),
+     "hosts.yml:2: host gpu08: ansible_port is 'abc'"),
     ("a Jinja2 runtime error", lambda tmp_path: local_inventory(tmp_path / "hosts.yml", ansible_user="{{ 1/0 }}"),
      "var 'ansible_user': ZeroDivisionError: division by zero"),
 ]

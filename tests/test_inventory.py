@@ -34,6 +34,7 @@ def ansible_inventory(tmp_path):
               vars:
                 level: gpu-inline
                 from_gpu: yes
+                file_wins: gpu-inline
               children:
                 a100:
                   vars:
@@ -53,8 +54,9 @@ def ansible_inventory(tmp_path):
               hosts:
                 box1:
         """)
-    write(tmp_path, "group_vars/all.yml", "level: all-file\nfrom_all_file: 1\n")
+    write(tmp_path, "group_vars/all.yml", "file_wins: all-file\nfrom_all_file: 1\n")
     write(tmp_path, "group_vars/a100/main.yml", "model_repository: /models/a100\n")
+    write(tmp_path, "group_vars/zeta.yml", "file_wins: zeta-file\n")
     write(tmp_path, "host_vars/box2.yml", "level: box2-file\n")
     return inv
 
@@ -90,8 +92,10 @@ def test_precedence_follows_ansible(ansible_inventory):
     assert box1["shared"] == "zeta"
     assert box1["from_gpu"] is True and box1["from_all_file"] == 1
     assert box1["model_repository"] == "/models/a100"
-    # group_vars/all beats all.vars but loses to every other group
-    assert inv.host("lonely").vars["level"] == "all-file"
+    # group_vars/ files beat the inventory's vars of every group: all.yml beats gpu's inline vars (box2), and
+    # the files of the other groups beat all.yml (box1 is in zeta)
+    assert inv.host("box2").vars["file_wins"] == "all-file" and box1["file_wins"] == "zeta-file"
+    assert inv.host("lonely").vars["level"] == "all-inline"
     # host vars beat group vars; host_vars/ files beat inline host vars
     assert inv.host("box2").vars["level"] == "box2-file"
 

@@ -1,24 +1,40 @@
-"""Ansible's YAML inventory format: groups, hosts, vars, group_vars/ and host_vars/ folders.
+"""Inventories as Ansible reads them: every source `ansible-playbook -i` takes, one or several, with Ansible's var
+precedence, then each host's vars rendered (Jinja2) and the connection vars checked.
 
-Variable precedence follows Ansible's (lowest first):
-  1. `all.vars` in the inventory file
-  2. `group_vars/all`
-  3. `vars` of other groups in the inventory file, by group depth, then `ansible_group_priority`, then name
+Sources (as ansible-core picks a plugin for each, engine/inventory_*.py):
+- an executable file: a dynamic inventory script, run with `--list` (engine/inventory_script.py);
+- a file with no extension or .yml/.yaml/.json that is a YAML mapping: Ansible's YAML format
+  (engine/inventory_yaml.py); any other file: Ansible's INI format (engine/inventory_ini.py);
+- a directory: each of its entries, sorted by name, subdirectories too; hidden entries, group_vars/, host_vars/
+  and the extensions Ansible skips (IGNORED_IN_DIRECTORY) left out;
+- a text with a comma that is not a path: a list of hosts (`gpu01,gpu02:2222,`);
+- several sources: read in the order given into one inventory, as Ansible merges them.
+Host patterns (`gpu[01:16]`, `host:port`) are expanded as Ansible expands them (engine/hostrange.py).
+
+Variable precedence follows Ansible's (lowest first; `group_vars/` and `host_vars/` are those beside each source:
+the directory itself for a directory, the file's folder otherwise; for several sources, source by source):
+  1. the vars of group `all` in the inventory sources
+  2. the vars of the host's other groups in the sources, by group depth, then `ansible_group_priority`, then name
+  3. `group_vars/all`
   4. `group_vars/<group>`, in the same group order
-  5. the host's own vars in the inventory file
+  5. the host's own vars in the sources
   6. `host_vars/<host>`
-A child group overrides its parent; between sibling groups the one whose name sorts last wins, unless
+A child group overrides its parent; between groups of the same depth the one whose name sorts last wins, unless
 `ansible_group_priority` says otherwise (higher wins). Values may use Jinja2 with `inventory_dir`,
 `inventory_hostname`, `group_names` and any other var of the host; each var is rendered after the vars it
 uses. Then the connection vars (CONNECTION_VARS) are checked and read into their types (engine/varspec.py).
 
-Not read yet (each named as such when given): INI inventories, inventory directories, inventory plugin
-configs, Ansible Vault, host ranges (`gpu[01:08]`) and `host:port` names.
+`ansible_list` and `ansible_host` give what `ansible-inventory --list` and `--host NAME` print.
+Not read (each named as such when given): inventory plugin configs (`plugin:`), TOML inventories.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
+import ipaddress
+import json
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -28,23 +44,35 @@ import jinja2
 import jinja2.meta
 
 from tritonfleet import secrets
-from tritonfleet.engine import varspec
+from tritonfleet.engine import hostrange, varspec, vault
+from tritonfleet.engine.inventory_data import Group, InventoryData, Layer
+from tritonfleet.engine.inventory_ini import read_ini_inventory
+from tritonfleet.engine.inventory_script import NotExecutable, read_script_inventory
+from tritonfleet.engine.inventory_yaml import SSH_WORD, check_host_name, read_yaml_inventory
 from tritonfleet.errors import InventoryError
 from tritonfleet.paths import REPO_ROOT
 from tritonfleet.yamlfile import line_of, load_yaml
 
-GROUP_KEYS = ("hosts", "vars", "children")
 VARS_FILE_EXTENSIONS = ("", ".yml", ".yaml", ".json")  # Ansible's, in the order it looks for them
+YAML_EXTENSIONS = ("", ".yml", ".yaml", ".json")  # the files Ansible's yaml plugin reads
 HOST_KEY_POLICIES = ("strict", "accept-new")
 KNOWN_HOSTS_SHOWN = 20
+# Ansible's IGNORED in inventory/manager.py with its default INVENTORY_IGNORE_EXTS
+IGNORED_IN_DIRECTORY = re.compile(r"^\.|^host_vars$|^group_vars$|^vars_plugins$"
+                                  r"|(\.pyc|\.pyo|\.swp|\.bak|~|\.rpm|\.md|\.txt|\.rst|\.orig|\.cfg|\.retry)$")
+# Ansible's INTERNAL_STATIC_VARS: never shown by `ansible-inventory`
+INTERNAL_VARS = frozenset((
+    "ansible_async_path", "ansible_collection_name", "ansible_config_file", "ansible_dependent_role_names",
+    "ansible_diff_mode", "ansible_facts", "ansible_forks", "ansible_inventory_sources", "ansible_limit",
+    "ansible_play_batch", "ansible_play_hosts", "ansible_play_hosts_all", "ansible_play_role_names",
+    "ansible_playbook_python", "ansible_role_name", "ansible_role_names", "ansible_run_tags", "ansible_skip_tags",
+    "ansible_verbosity", "ansible_version", "inventory_dir", "inventory_file", "inventory_hostname",
+    "inventory_hostname_short", "groups", "group_names", "hostvars", "playbook_dir", "play_hosts", "role_name",
+    "role_names", "role_path", "role_uuid"))
 _JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-
-# Host names and SSH words: no whitespace or control characters, no leading '-' (ssh would read an option).
-_SSH_WORD = re.compile(r"(?!-)[^\s\x00-\x1f\x7f]+")
-_ADDRESS = varspec.text(_SSH_WORD, "a host name or IP address (no spaces, not starting with '-')",
+_ADDRESS = varspec.text(SSH_WORD, "a host name or IP address (no spaces, not starting with '-')",
                         "not a host name or address")
-_HOST_RANGE = re.compile(r"\[[^\]]*:[^\]]*\]")
-_HOST_PORT = re.compile(r"[^:]+:[0-9]+")
+# A line only an INI inventory has: a [section] header, or a host with key=value vars
 _INI_LINE = re.compile(r"\[[^\]\s]+\]\s*|[^\s#;=:\[]+(\s+[A-Za-z_]\w*=\S*)+\s*")
 
 # The vars the engine reads (Host below, engine/connection.py), each with its type; Triton's are in
@@ -52,54 +80,19 @@ _INI_LINE = re.compile(r"\[[^\]\s]+\]\s*|[^\s#;=:\[]+(\s+[A-Za-z_]\w*=\S*)+\s*")
 CONNECTION_VARS = {
     "ansible_host": _ADDRESS,
     "ansible_port": varspec.PORT,
-    "ansible_user": varspec.text(_SSH_WORD, "a user name (no spaces, not starting with '-')",
+    "ansible_user": varspec.text(SSH_WORD, "a user name (no spaces, not starting with '-')",
                                  "not a user name"),
     "ansible_ssh_private_key_file": varspec.optional(varspec.text(allowed="a file on this machine")),
     "ansible_ssh_common_args": varspec.optional(varspec.SHELL_WORDS),
     "ansible_ssh_extra_args": varspec.optional(varspec.SHELL_WORDS),
     "ansible_become": varspec.BOOLEAN,
-    "ansible_become_user": varspec.optional(varspec.text(_SSH_WORD, "a user name (no spaces)", "not a user name")),
+    "ansible_become_user": varspec.optional(varspec.text(SSH_WORD, "a user name (no spaces)", "not a user name")),
     "ansible_become_password": varspec.optional(varspec.text()),
     "tritonfleet_become_password_env": varspec.optional(varspec.text(
         re.compile(r"[A-Za-z_][A-Za-z0-9_]*"), "the name of an environment variable", "not a variable name")),
     "tritonfleet_host_key_policy": varspec.optional(varspec.choice(*HOST_KEY_POLICIES)),
     "tritonfleet_secret_vars": varspec.text_list(varspec.text(allowed="var names"), commas=True),
 }
-# Read from a group's inline vars only, as Ansible does (not from group_vars/), and not a var of its hosts.
-GROUP_PRIORITY = varspec.whole_number()
-
-
-@dataclass
-class Layer:
-    """Vars set in one place of the inventory, each with the file and line that set it (for errors)."""
-
-    values: dict = field(default_factory=dict)
-    origins: dict = field(default_factory=dict)  # var -> (file, line)
-
-    def add(self, mapping: dict, file: str, skip: tuple = ()) -> None:
-        for var, value in mapping.items():
-            if var in skip:
-                continue
-            if not isinstance(var, str):
-                raise InventoryError(f"var name {var!r} is not text: YAML read it as {varspec.yaml_kind(var)}",
-                                     file=file, line=line_of(mapping, var), hint="quote it, or rename the var")
-            self.values[var] = value
-            self.origins[var] = (file, line_of(mapping, var))
-
-    def add_layer(self, other: Layer) -> None:
-        self.values.update(other.values)
-        self.origins.update(other.origins)
-
-
-@dataclass
-class Group:
-    name: str
-    vars: Layer = field(default_factory=Layer)
-    file_vars: Layer = field(default_factory=Layer)  # from group_vars/
-    priority: int = 1  # ansible_group_priority
-    parents: set = field(default_factory=set)
-    hosts: dict = field(default_factory=dict)  # names (keys only), in inventory order: membership in O(1)
-    children: list = field(default_factory=list)
 
 
 @dataclass
@@ -158,17 +151,23 @@ class Host:
 
 
 class Inventory:
-    def __init__(self, path: Path, groups: dict[str, Group], host_inline_vars: dict[str, Layer],
-                 host_lines: dict[str, int]):
-        self.path = path
-        self.groups = groups
-        self._host_inline_vars = host_inline_vars
-        self._host_lines = host_lines
+    """Groups and hosts read from the sources; each host's vars merged, rendered and checked when first asked for."""
+
+    def __init__(self, sources: list[str], data: InventoryData, vars_dirs: list[Path]):
+        self.path = Path(sources[0])  # the first source, named in errors
+        self.groups: dict[str, Group] = data.groups
+        self._data = data
+        # only the folders that exist, each looked up once (as Ansible, which skips a group_vars that is a file)
+        self._group_vars_dirs = [d / "group_vars" for d in vars_dirs if (d / "group_vars").is_dir()]
+        self._host_vars_dirs = [d / "host_vars" for d in vars_dirs if (d / "host_vars").is_dir()]
+        self._depths = _group_depths(data.groups)
+        self._lineage: dict[str, set] = {}
+        self._group_files: dict[tuple, Layer] = {}
         self._hosts: dict[str, Host] = {}
 
     @property
     def host_names(self) -> list[str]:
-        return list(self._host_inline_vars)
+        return list(self._data.hosts)
 
     def _known_hosts_hint(self) -> str:
         """The first host names, not all of them: an inventory may hold tens of thousands."""
@@ -176,9 +175,12 @@ class Inventory:
         more = f" and {len(names) - KNOWN_HOSTS_SHOWN} more" if len(names) > KNOWN_HOSTS_SHOWN else ""
         return f"known hosts: {', '.join(names[:KNOWN_HOSTS_SHOWN]) or '(none)'}{more}"
 
-    def host(self, name: str) -> Host:
-        if name not in self._host_inline_vars:
+    def _check_host(self, name: str) -> None:
+        if name not in self._data.hosts:
             raise InventoryError(f"unknown host '{name}'", file=str(self.path), hint=self._known_hosts_hint())
+
+    def host(self, name: str) -> Host:
+        self._check_host(name)
         if name not in self._hosts:
             self._hosts[name] = self._resolve(name)
         return self._hosts[name]
@@ -216,45 +218,79 @@ class Inventory:
                                  hint="add hosts to it, or pick another with --group/--host")
         return [self.host(n) for n in names]
 
-    def _ancestors(self, group: str) -> dict[str, int]:
-        """Each ancestor group (and the group itself) with its depth below `all` (groups have no cycles:
-        load_inventory refuses them)."""
-        depth: dict[str, int] = {}
+    def group_names(self, host: str) -> list[str]:
+        """The host's groups and their ancestors but `all`, sorted by name (Ansible's `group_names`)."""
+        found = set()
+        for group in self._data.hosts[host].groups:
+            if group not in self._lineage:
+                self._lineage[group] = {group} | self._data.ancestors(group)
+            found |= self._lineage[group]
+        return sorted(found - {"all"})
 
-        def walk(name: str) -> int:
-            if name not in depth:
-                parents = self.groups[name].parents
-                depth[name] = 0 if name == "all" else 1 + max((walk(p) for p in parents), default=0)
-            return depth[name]
+    def inventory_vars(self, name: str) -> Layer:
+        """The host's vars as the inventory sets them, merged with Ansible's precedence, not rendered."""
+        self._check_host(name)
+        entry = self._data.hosts[name]
+        names = self.group_names(name)
+        ordered = sorted(names, key=lambda g: (self._depths[g], self.groups[g].priority, g))
+        file = os.path.abspath(entry.file)
+        merged = Layer()
+        for layer in (self.groups["all"].vars, *(self.groups[g].vars for g in ordered),
+                      *(self._group_file_vars(d, "all") for d in self._group_vars_dirs),
+                      *(self._group_file_vars(d, g) for d in self._group_vars_dirs for g in ordered),
+                      _magic({"inventory_file": file, "inventory_dir": os.path.dirname(file)}, entry),
+                      entry.vars,
+                      _magic({"inventory_hostname": name, "inventory_hostname_short": _short_name(name),
+                              "group_names": names}, entry),
+                      *(_vars_layer(d, name) for d in self._host_vars_dirs)):
+            merged.add_layer(layer)
+        return merged
 
-        found, todo = {}, [group]
-        while todo:
-            name = todo.pop()
-            if name not in found:
-                found[name] = walk(name)
-                todo.extend(self.groups[name].parents)
-        return found
+    def _group_file_vars(self, folder: Path, group: str) -> Layer:
+        """group_vars/<group> of one source, read once (hosts share their groups)."""
+        key = (folder, group)
+        if key not in self._group_files:
+            self._group_files[key] = _vars_layer(folder, group)
+        return self._group_files[key]
 
     def _resolve(self, name: str) -> Host:
-        depths: dict[str, int] = {"all": 0}
-        for g in self.groups.values():
-            if name in g.hosts:
-                depths.update(self._ancestors(g.name))
-        others = sorted((g for g in depths if g != "all"), key=lambda g: (depths[g], self.groups[g].priority, g))
-        merged = Layer()
-        for layer in (self.groups["all"].vars, self.groups["all"].file_vars,
-                      *(self.groups[g].vars for g in others), *(self.groups[g].file_vars for g in others),
-                      self._host_inline_vars[name], _vars_layer(self.path.parent / "host_vars", name)):
-            merged.add_layer(layer)
-        values = merged.values
-        values.setdefault("inventory_hostname", name)
-        values.setdefault("inventory_dir", str(self.path.parent.resolve()))
-        values.setdefault("group_names", sorted(others))
-        values = _render_vars(values, name, merged.origins)
+        merged = self.inventory_vars(name)
+        values = _render_vars(merged.values, name, merged.origins)
         # secret vars (tritonfleet/secrets.py) are redacted from every output from here on, errors included
         secrets.register(secrets.secret_values(values))
         values = varspec.checked_vars(values, CONNECTION_VARS, name, merged.origins)
-        return Host(name=name, vars=values, groups=tuple(sorted(others)), origins=merged.origins)
+        return Host(name=name, vars=values, groups=tuple(self.group_names(name)), origins=merged.origins)
+
+
+def _group_depths(groups: dict[str, Group]) -> dict[str, int]:
+    """Each group's depth below `all`: its longest path from `all`, as Ansible's Group.depth (no cycles: they are
+    refused when the inventory is read)."""
+    depths = {"all": 0}
+
+    def depth(name: str) -> int:
+        if name not in depths:
+            depths[name] = 1 + max(depth(p) for p in groups[name].parents)
+        return depths[name]
+
+    for name in groups:
+        depth(name)
+    return depths
+
+
+def _magic(values: dict, entry) -> Layer:
+    layer = Layer()
+    for var, value in values.items():
+        layer.set(var, value, (entry.file, entry.line))
+    return layer
+
+
+def _short_name(name: str) -> str:
+    """Ansible's inventory_hostname_short: the name up to its first dot, unless it is an IP address."""
+    try:
+        ipaddress.ip_address(name)
+        return name
+    except ValueError:
+        return name.split(".")[0]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -357,154 +393,166 @@ def _vars_layer(folder: Path, name: str) -> Layer:
     return layer
 
 
-def _refuse_host_name(name, where: dict) -> None:
-    """A key under `hosts:` that is not a host name tritonfleet reads, refused with why and what to write."""
-    if not isinstance(name, str):
-        raise InventoryError(f"host name {name!r} is not text: YAML read it as {varspec.yaml_kind(name)} "
-                             "(Ansible refuses it too)", **where,
-                             hint="quote it: write the name as text, e.g. \"10.10\": {}")
-    if not _SSH_WORD.fullmatch(name):
-        raise InventoryError(f"host name {name!r} is empty, holds spaces or control characters, or starts "
-                             "with '-'", **where, hint="name the host with letters, digits, '.', '_' and '-'")
-    if _HOST_RANGE.search(name):
-        raise InventoryError(f"host name {name!r} is a host range, which is not supported yet", **where,
-                             hint="list the hosts one by one")
-    if _HOST_PORT.fullmatch(name):
-        raise InventoryError(f"host name {name!r} gives a port (host:port), which is not supported yet", **where,
-                             hint="give the port as the host's var ansible_port")
+def load_inventory(sources: str | Path | list) -> Inventory:
+    """Read one inventory source, or several in order (`--inventory` given more than once) into one inventory,
+    with the group_vars/ and host_vars/ beside each."""
+    sources = [str(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources)]
+    if not sources:
+        raise InventoryError("no inventory given", hint="pass --inventory FILE")
+    data = InventoryData()
+    vars_dirs = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if "," in source and not path.exists():
+            _read_host_list(source, data)
+            continue
+        _read_source(path, data)
+        vars_dirs.append(path if path.is_dir() else path.parent)
+    data.reconcile()
+    return Inventory(sources, data, vars_dirs)
 
 
-def _refuse_ini(path: Path) -> None:
-    """An INI inventory is named as such, not as a YAML error: its first line that only INI has."""
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return  # load_yaml says why
-    converted = path.with_name(f"{path.stem}-converted.yml")
-    for number, text in enumerate(lines, 1):
-        if _INI_LINE.fullmatch(text):
-            raise InventoryError(f"this is an INI inventory (line {number}: {text.strip()!r}), which is not "
-                                 "supported yet", file=str(path), line=number,
-                                 hint=f"convert it to YAML: `ansible-inventory -i {path} --list --yaml --export "
-                                      f"> {converted}`")
-
-
-def _read_inventory_file(path: Path):
-    """The inventory's YAML. The other inventories Ansible reads (a directory, INI, a plugin config) are named
-    as what they are and refused, not reported as a YAML error or a permission problem."""
+def _read_source(path: Path, data: InventoryData) -> None:
     if path.is_dir():
-        raise InventoryError("is a directory: inventory directories are not supported yet", file=str(path),
-                             hint=f"name the YAML inventory file in it, e.g. --inventory {path}/hosts.yml")
+        _read_directory(path, data)
+    elif not path.exists():
+        raise InventoryError("cannot read: no such file or directory", file=str(path),
+                             hint="check the path and its permissions")
+    elif os.access(path, os.X_OK) and _read_script(path, data):
+        return
+    else:
+        _read_file(path, data)
+
+
+def _read_directory(path: Path, data: InventoryData) -> None:
+    """Each entry of an inventory directory, sorted by name, as Ansible reads them."""
+    entries = sorted(e for e in os.listdir(path) if not IGNORED_IN_DIRECTORY.search(e))
+    if not entries:
+        raise InventoryError("this inventory directory holds no inventory file", file=str(path),
+                             hint="put inventory files in it (hidden files, group_vars/, host_vars/ and .md/.txt/"
+                                  ".cfg files are skipped), or name the inventory file itself")
+    for entry in entries:
+        _read_source(path / entry, data)
+
+
+def _read_script(path: Path, data: InventoryData) -> bool:
+    """Run an executable file as a dynamic inventory; False when the system would not run it (no `#!` line)."""
     try:
-        data = load_yaml(path, InventoryError)
-    except InventoryError:
-        _refuse_ini(path)
-        raise
-    if data is not None and not isinstance(data, dict):
-        _refuse_ini(path)
-    if isinstance(data, dict) and isinstance(data.get("plugin"), str):
-        raise InventoryError(f"this is an inventory plugin config (plugin: {data['plugin']}), which is not "
-                             "supported yet", file=str(path), line=line_of(data, "plugin"),
-                             hint="write its hosts out as a YAML inventory (`ansible-inventory --list --yaml`)")
-    return data
+        read_script_inventory(path, data)
+    except NotExecutable:
+        return False
+    return True
 
 
-def _refuse_group_loop(groups: dict[str, Group], child: str, parent: str, where: dict) -> None:
-    """A group that would become its own descendant (Ansible: "creates a recursive dependency loop")."""
-    above, todo = set(), [parent]
-    while todo:
-        name = todo.pop()
-        if name not in above:
-            above.add(name)
-            todo.extend(groups[name].parents)
-    if child in above:
-        raise InventoryError(f"adding group '{child}' as a child of '{parent}' creates a recursive dependency loop",
-                             **where, hint=f"a group cannot be its own descendant: remove '{child}' from the "
-                                           f"children of '{parent}' or the other way round")
-
-
-def load_inventory(path: str | Path) -> Inventory:
-    """Read an inventory file (YAML, Ansible's format) with the group_vars/ and host_vars/ beside it."""
-    path = Path(path)
-    data = _read_inventory_file(path)
-    if data is None:
-        raise InventoryError("inventory is empty", file=str(path),
-                             hint="add at least `all: {hosts: {NAME: {ansible_host: ADDRESS}}}`")
-    if not isinstance(data, dict):
-        raise InventoryError("inventory must be a mapping of group names", file=str(path), line=line_of(data) or 1,
-                             hint="start with `all:` and put `hosts:`, `vars:`, `children:` under it")
-    groups: dict[str, Group] = {"all": Group("all")}
-    inline: dict[str, Layer] = {}
-    host_lines: dict[str, int] = {}
-
-    def where(node, key=None):
-        return {"file": str(path), "line": line_of(node, key)}
-
-    def add_group(name, body, parent, node, key):
-        if not isinstance(name, str) or not name:
-            raise InventoryError(f"group name must be a string, got {name!r}", **where(node, key))
-        group = groups.setdefault(name, Group(name))
-        if parent:
-            _refuse_group_loop(groups, name, parent, where(node, key))
-            group.parents.add(parent)
-            if name not in groups[parent].children:
-                groups[parent].children.append(name)
-        if body is None:
+def _read_file(path: Path, data: InventoryData) -> None:
+    """A YAML or INI inventory file, told apart as Ansible does: a file named as YAML is YAML if it holds a
+    mapping, and INI otherwise; any other file is INI. When neither reads, the error shown is the one of the
+    format the file looks like."""
+    if path.suffix == ".toml":
+        raise InventoryError("TOML inventories are not supported", file=str(path),
+                             hint=f"convert it: `ansible-inventory -i {path} --list --yaml --export`")
+    content, yaml_error = None, None
+    if path.suffix in YAML_EXTENSIONS:
+        try:
+            content = load_yaml(path, InventoryError)
+        except InventoryError as exc:
+            yaml_error = exc
+        if isinstance(content, dict):
+            _refuse_plugin_config(content, path)
+            read_yaml_inventory(content, str(path), data)
             return
-        if not isinstance(body, dict):
-            raise InventoryError(f"group '{name}' must be a mapping with hosts/vars/children",
-                                 **where(node, key), hint="write `hosts:`, `vars:` or `children:` under it")
-        for k in body:
-            if k not in GROUP_KEYS:
-                raise InventoryError(f"group '{name}' has unknown key '{k}'", **where(body, k),
-                                     hint=f"a group holds only {', '.join(GROUP_KEYS)}")
-        gvars = body.get("vars") or {}
-        if not isinstance(gvars, dict):
-            raise InventoryError(f"vars of group '{name}' must be a mapping", **where(body, "vars"))
-        if "ansible_group_priority" in gvars:
-            group.priority = _group_priority(name, gvars, path)
-        group.vars.add(gvars, str(path), skip=("ansible_group_priority",))
-        hosts = body.get("hosts") or {}
-        if not isinstance(hosts, dict):
-            raise InventoryError(f"hosts of group '{name}' must be a mapping of host names",
-                                 **where(body, "hosts"), hint="write `hosts: {gpu01: {ansible_host: 10.0.0.1}}`")
-        for host, hvars in hosts.items():
-            _refuse_host_name(host, where(hosts, host))
-            if hvars is not None and not isinstance(hvars, dict):
-                raise InventoryError(f"vars of host '{host}' must be a mapping", **where(hosts, host))
-            if host not in inline:
-                inline[host], host_lines[host] = Layer(), line_of(hosts, host)
-            inline[host].add(hvars or {}, str(path))
-            group.hosts[host] = None
-        children = body.get("children") or {}
-        if not isinstance(children, dict):
-            raise InventoryError(f"children of group '{name}' must be a mapping of group names",
-                                 **where(body, "children"))
-        for child, child_body in children.items():
-            add_group(child, child_body, name, children, child)
-
-    for name, body in data.items():
-        add_group(name, body, None if name == "all" else "all", data, name)
-    for group in groups.values():
-        group.file_vars = _vars_layer(path.parent / "group_vars", group.name)
-    for host in inline:
-        if host in groups:
-            raise InventoryError(f"'{host}' is both a host and a group", file=str(path), line=host_lines[host],
-                                 hint="rename one of them")
-    grouped = {host for g in groups.values() if g.name != "all" for host in g.hosts}
-    for host in inline:
-        if host not in grouped:
-            groups["all"].hosts[host] = None
-    return Inventory(path, groups, inline, host_lines)
-
-
-def _group_priority(group: str, gvars: dict, path: Path) -> int:
+        if content is None and yaml_error is None:
+            raise InventoryError("inventory is empty", file=str(path),
+                                 hint="add at least `all: {hosts: {NAME: {ansible_host: ADDRESS}}}`")
+    text = _read_text(path)
+    if vault.is_encrypted(text):  # not decrypted by load_yaml (no password), or decrypted to INI
+        raise yaml_error or InventoryError("an INI inventory encrypted with Ansible Vault is not read",
+                                           file=str(path), line=1, hint="encrypt values in a YAML inventory "
+                                                                        "(`ansible-vault encrypt_string`) instead")
+    if text.startswith("#!"):  # Ansible would read it as INI: its lines as host names
+        raise InventoryError("this file starts with `#!` but is not executable, so it is not run as a dynamic "
+                             "inventory", file=str(path), line=1, hint=f"make it executable: chmod +x {path}")
     try:
-        return GROUP_PRIORITY.read(gvars["ansible_group_priority"])
-    except ValueError as exc:
-        raise InventoryError(f"group {group}: ansible_group_priority is {gvars['ansible_group_priority']!r}: {exc}",
-                             file=str(path), line=line_of(gvars, "ansible_group_priority"),
-                             hint=f"ansible_group_priority must be {GROUP_PRIORITY.allowed} (higher wins)") from None
+        read_ini_inventory(text, str(path), data)
+    except InventoryError:
+        if path.suffix not in YAML_EXTENSIONS or isinstance(content, str) or _looks_like_ini(text):
+            raise
+        raise yaml_error or InventoryError("inventory must be a mapping of group names", file=str(path),
+                                           line=line_of(content) or 1,
+                                           hint="start with `all:` and put `hosts:`, `vars:`, `children:` under it")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InventoryError(f"cannot read: {exc.strerror}", file=str(path),
+                             hint="check the path and its permissions") from None
+    except UnicodeDecodeError:
+        raise InventoryError("not a text file (it is not UTF-8)", file=str(path),
+                             hint="name the inventory file, not a binary one") from None
+    return text
+
+
+def _looks_like_ini(text: str) -> bool:
+    return any(_INI_LINE.fullmatch(line) for line in text.splitlines())
+
+
+def _refuse_plugin_config(content: dict, path: Path) -> None:
+    if isinstance(content.get("plugin"), str):
+        raise InventoryError(f"this is an inventory plugin config (plugin: {content['plugin']}), which is not "
+                             "read", file=str(path), line=line_of(content, "plugin"),
+                             hint=f"run it through Ansible as a dynamic inventory: an executable script holding "
+                                  f"`#!/bin/sh` and `exec ansible-inventory -i {path.resolve()} \"$@\"`")
+
+
+def _read_host_list(source: str, data: InventoryData) -> None:
+    """`gpu01,gpu02:2222,`: hosts in `ungrouped`, as Ansible's host_list plugin (no ranges)."""
+    origin = (source, None)
+    for item in (i.strip() for i in source.split(",")):
+        if not item:
+            continue
+        address, port = hostrange.split_port(item)
+        name, port = (item, None) if address is None or "[" in address else (address, port)
+        check_host_name(name, origin)
+        if name not in data.hosts:
+            data.add_host(name, "ungrouped", port, origin)
+
+
+def ansible_list(inventory: Inventory) -> dict:
+    """What `ansible-inventory --list` prints: each group's hosts and children (empty ones left out, `all` without
+    hosts), and under `_meta.hostvars` the vars of each host that has any, as the inventory sets them (not
+    rendered, not checked, no tritonfleet defaults, Ansible's internal vars left out)."""
+    listing: dict = {"_meta": {"hostvars": {}, "profile": "inventory_legacy"}}
+    for group in inventory.groups.values():
+        entry = {"hosts": list(group.hosts) if group.name != "all" else [], "children": list(group.children)}
+        entry = {key: names for key, names in entry.items() if names}
+        if entry:
+            listing[group.name] = entry
+    for name in inventory.host_names:
+        host_vars = ansible_host(inventory, name)
+        if host_vars:
+            listing["_meta"]["hostvars"][name] = host_vars
+    return listing
+
+
+def ansible_host(inventory: Inventory, name: str) -> dict:
+    """What `ansible-inventory --host NAME` prints: the host's vars as the inventory sets them. Its secret vars
+    are registered (tritonfleet/secrets.py), so that printing through report.redact hides them, as every output."""
+    values = inventory.inventory_vars(name).values
+    secrets.register(secrets.secret_values(values))
+    return {var: value for var, value in values.items() if var not in INTERNAL_VARS}
+
+
+def ansible_json(value) -> str:
+    """JSON as `ansible-inventory` prints it: keys sorted, indented by 4, dates as ISO 8601 text."""
+    return json.dumps(value, sort_keys=True, indent=4, default=_json_default)
+
+
+def _json_default(value):
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    return str(value)
 
 
 def lab_hosts(inventory: Inventory) -> list[Host]:
