@@ -42,7 +42,7 @@ PLAYBOOK_HELP = {
     "skip_tags": "skip the steps with these tags (comma-separated, repeatable)",
     "diff": "show the diff of each file a step changes (or, with --check, would change)",
 }
-REPEATABLE = ["extra_vars", "vault_id", "vault_password_file", "tags", "skip_tags"]
+REPEATABLE = ["inventory", "extra_vars", "vault_id", "vault_password_file", "tags", "skip_tags"]
 ANSIBLE_SHORT_FLAGS = {"limit": "l", "extra_vars": "e", "tags": "t", "diff": "D", "ask_vault_pass": "J",
                        "list_hosts": None, "skip_tags": None, "vault_id": None, "vault_password_file": None}
 
@@ -134,6 +134,18 @@ def models_diff(c, host=None, group=None, models=None, json=False, inventory=Non
                             vault_password_file=vault_password_file, ask_vault_pass=ask_vault_pass)
 
 
+@task(name="inventory", klass=AnsibleTask, iterable=["inventory", "vault_id", "vault_password_file"],
+      help={"list": "print every group and host as `ansible-inventory --list` does",
+            "host": "print one host's vars as `ansible-inventory --host NAME` does",
+            "inventory": HELP["inventory"], **{k: ANSIBLE_HELP[k] for k in ("vault_id", "vault_password_file",
+                                                                            "ask_vault_pass")}})
+def inventory_show(c, list=False, host=None, inventory=None, vault_id=None, vault_password_file=None,
+                   ask_vault_pass=False):
+    """Show the resolved inventory, as ansible-inventory does (vars as the inventory sets them)."""
+    cli.inventory_command(c.config, list_all=list, host=host, inventory=inventory, vault_id=vault_id,
+                          vault_password_file=vault_password_file, ask_vault_pass=ask_vault_pass)
+
+
 @task(help={"source": HELP["bundle"]})
 def bundle(c, source=None):
     """Build (or reuse) the versioned, checksummed Triton bundle pushed to hosts."""
@@ -158,7 +170,8 @@ def lab_status(c):
     cli.lab_status_command(c.config)
 
 
-ns = Collection(deploy, provision, sync_models, start, smoke, rollout, rollback, fleet_status, bundle, doctor)
+ns = Collection(deploy, provision, sync_models, start, smoke, rollout, rollback, fleet_status, bundle, doctor,
+                inventory_show)
 ns.add_collection(Collection("lab", lab_up, lab_down, lab_status))
 ns.add_collection(Collection("models", models_diff))
 ns.configure({"tritonfleet": options.CONFIG_DEFAULTS})

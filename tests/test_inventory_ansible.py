@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tritonfleet.engine.inventory import DEFAULT_INVENTORY, ansible_host, ansible_json, ansible_list, load_inventory
+from tritonfleet.paths import REPO_ROOT
 
 pytestmark = [
     pytest.mark.ansible,
@@ -89,3 +90,13 @@ def test_a_host_is_what_ansible_inventory_host_prints(case, ansible_outputs):
     inventory = load_inventory(sources_of(case))
     ours = json.loads(ansible_json(ansible_host(inventory, inventory.host_names[0])))
     assert ours == ansible_outputs[(case, "--host")]
+
+
+def test_invoke_inventory_list_prints_what_ansible_inventory_prints(ansible_outputs):
+    """The command a user types, on the repository's inventory and on several sources at once."""
+    for case in (REPOSITORY, "16-multiple-sources"):
+        sources = sources_of(case)
+        proc = subprocess.run(["invoke", "inventory", "--list", *(a for s in sources for a in ("--inventory", s))],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr
+        assert without_profile(json.loads(proc.stdout)) == without_profile(ansible_outputs[(case, "--list")]), case

@@ -70,7 +70,7 @@ def _print_json_error(json_output: bool, error: str, hint: str | None = None, fi
 def _hosts(opts: Options) -> list:
     """The hosts --host or --group select (the play's `hosts:`; every host without either), narrowed by --limit as
     ansible-playbook narrows a play. With --list-hosts they are printed and the command ends there, exit 0."""
-    inventory = load_inventory(opts.inventory)
+    inventory = load_inventory(list(opts.inventory))
     hosts = inventory.select(host=opts.host, group=opts.group) if opts.limit is None else _limited(inventory, opts)
     if opts.list_hosts:
         _print_hosts([h.name for h in hosts], opts.json)
@@ -122,6 +122,17 @@ def _run_options(opts: Options, hosts: list):
 
 def _reporter(opts: Options) -> Reporter:
     return Reporter(json_output=opts.json, verbose=opts.verbose, diff=opts.diff)
+
+
+@command
+def inventory_command(opts: Options) -> None:
+    """The resolved inventory as `ansible-inventory --list` (or `--host NAME`) prints it, secrets redacted."""
+    from tritonfleet.engine.inventory import ansible_host, ansible_json, ansible_list
+    if opts.list_all == bool(opts.host):
+        raise TritonfleetError("give --list or --host NAME", hint="as ansible-inventory: --list prints every group "
+                                                                  "and host, --host NAME one host's vars")
+    inventory = load_inventory(list(opts.inventory))
+    print(redact(ansible_json(ansible_host(inventory, opts.host) if opts.host else ansible_list(inventory))))
 
 
 @command
@@ -242,7 +253,7 @@ def bundle_command(opts: Options) -> None:
 
 def _lab_hosts(inventory, count: int):
     from tritonfleet.lab import LabHost
-    inv = load_inventory(inventory)
+    inv = load_inventory(list(inventory))
     hosts = inv.select(group="lab")
     if not 1 <= count <= len(hosts):
         raise TritonfleetError(f"--hosts must be between 1 and {len(hosts)} (group lab has {len(hosts)} hosts)")

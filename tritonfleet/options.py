@@ -74,7 +74,7 @@ class Options:
     """A task's options, parsed and checked. An option not given, or one a task does not take, keeps its
     default here."""
 
-    inventory: str = str(DEFAULT_INVENTORY)
+    inventory: tuple = (str(DEFAULT_INVENTORY),)  # every --inventory, merged in order as ansible-playbook -i
     host: str | None = None
     group: str | None = None
     limit: str | None = None  # Ansible's host pattern, narrowing what --host/--group select
@@ -88,6 +88,7 @@ class Options:
     json: bool = False
     verbose: bool = False
     list_hosts: bool = False
+    list_all: bool = False  # `inventory --list`
     extra_vars: tuple = ()  # each -e as given: read by command_line_vars() once the vault passwords are known
     tags: tuple = ()
     skip_tags: tuple = ()
@@ -119,6 +120,8 @@ def parse_options(config, **given) -> Options:
     values = {}
     for name, value in given.items():
         label = "--" + name.replace("_", "-")
+        if name == "inventory" and not value and value is not None and not isinstance(value, str):
+            value = None  # a repeatable option given no time: Invoke hands over []
         if value is None and name in CONFIG_KEYS:
             configured = _configured(config, name, label)
             if configured is not None:
@@ -136,8 +139,8 @@ def _configured(config, name: str, label: str):
     key = CONFIG_KEYS[name]
     value = config.tritonfleet[key]
     where = f"tritonfleet.{key} in Invoke's configuration"
-    if value is not None and name in PATHS and str(value).strip():
-        value = str(REPO_ROOT / str(value))
+    if value is not None and name in PATHS and str(value).strip() and "," not in str(value):
+        value = str(REPO_ROOT / str(value))  # a host list (`gpu01,gpu02,`) is not a path
     if value is None and name in ANSIBLE_CFG_KEYS:
         cfg = find_ansible_cfg()
         value = _ansible_cfg_value(cfg, ANSIBLE_CFG_KEYS[name]) if cfg else None
@@ -169,7 +172,7 @@ def find_ansible_cfg() -> Path | None:
 
 def _ansible_cfg_value(cfg: Path, key: str) -> str | None:
     """`[defaults] key` of ansible.cfg as Ansible reads it: raw, `;` starts an inline comment; a path relative to
-    the file's folder, `~` and $VARS expanded; `inventory` a comma-separated list, of which tritonfleet reads one."""
+    the file's folder, `~` and $VARS expanded; `inventory` a comma-separated list of sources."""
     parser = configparser.ConfigParser(inline_comment_prefixes=(";",))
     try:
         parser.read(cfg, encoding="utf-8")
@@ -180,10 +183,10 @@ def _ansible_cfg_value(cfg: Path, key: str) -> str | None:
     if value is None or key == "forks":
         return value
     paths = [p.strip() for p in value.split(",") if p.strip()] if key == "inventory" else [value.strip()]
-    if len(paths) > 1:
-        raise TritonfleetError(f"ansible.cfg names {len(paths)} inventories ({value}): tritonfleet reads one "
-                               "inventory file", file=str(cfg), hint="give the one to use with --inventory")
-    return str(cfg.parent / Path(os.path.expandvars(paths[0])).expanduser()) if paths else ""
+    resolved = [str(cfg.parent / Path(os.path.expandvars(p)).expanduser()) for p in paths]
+    if key == "inventory":
+        return resolved
+    return resolved[0] if resolved else ""
 
 
 def vault_sources(opts: Options) -> list[tuple[str, str]]:
@@ -322,6 +325,11 @@ def _count(value, label: str) -> Count:
     return Count(int(match[1]), percent=bool(match[2]))
 
 
+def _inventories(values, label: str) -> tuple:
+    """Every inventory source, in order: one text (a configuration's), or the list of a repeated --inventory."""
+    return _texts([values] if isinstance(values, str) else values, label)
+
+
 def _texts(values, label: str) -> tuple:
     """A repeatable option (`-e a=1 -e b=2`): each value checked as one."""
     return tuple(_text(value, label) for value in values)
@@ -336,7 +344,7 @@ def _tags(values, label: str) -> tuple:
 
 
 PARSERS = {
-    "host": _text, "group": _text, "limit": _text, "models": _text, "inventory": _text, "bundle": _text,
+    "host": _text, "group": _text, "limit": _text, "models": _text, "inventory": _inventories, "bundle": _text,
     "source": _text, "forks": partial(_whole_number, minimum=1), "hosts": partial(_whole_number, minimum=1),
     "canary": partial(_whole_number, minimum=0),
     "batch": _count, "max_fail": _count,
