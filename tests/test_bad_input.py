@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from labkit import closed_port, fault_log, invoke, local_inventory, show  # noqa: F401  (fixture)
+from labkit import closed_port, fault_log, invoke_here as invoke, local_inventory, show  # noqa: F401  (fixture)
 from tritonfleet.paths import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "examples" / "models"

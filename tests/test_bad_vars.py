@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from labkit import closed_port, fault_log, invoke, local_inventory, show  # noqa: F401  (fixture)
+from labkit import closed_port, fault_log, invoke_here as invoke, local_inventory, show  # noqa: F401  (fixture)
 from tritonfleet.engine.inventory import load_inventory
 from tritonfleet.errors import TritonfleetError
 from tritonfleet.fleet.run import checked_host_vars

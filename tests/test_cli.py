@@ -13,7 +13,7 @@ import tarfile
 
 import pytest
 
-from labkit import fault_log, invoke, local_inventory, show  # noqa: F401  (fixture)
+from labkit import fault_log, invoke_here as invoke, local_inventory, show  # noqa: F401  (fixture)
 
 AREA = "Bad input (control machine)"
 HOSTS = tuple(f"gpu{i:02d}" for i in range(1, 11))

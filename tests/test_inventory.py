@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import yaml
 
-from labkit import invoke, local_inventory, show
+from labkit import invoke_here as invoke, local_inventory, show
 from tritonfleet.errors import InventoryError
 from tritonfleet.engine.inventory import DEFAULT_INVENTORY, load_inventory
 
@@ -192,7 +192,7 @@ def test_empty_inventory_and_undefined_jinja_are_errors(tmp_path):
 def _invoke_without_tritonfleet_env(*args, **env):
     """`invoke ARGS` with only the INVOKE_TRITONFLEET_* variables given here, whatever this shell has."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_TRITONFLEET_")}
-    return invoke(*args, env={**clean, **env}, timeout=60)
+    return invoke(*args, env={**clean, **env})
 
 
 def test_a_config_file_sets_the_default_inventory(tmp_path):
