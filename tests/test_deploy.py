@@ -98,10 +98,19 @@ def test_default_layout_and_stub_owned_by_service_user(first_deploy):
 def test_every_model_ready_and_inference_from_control_machine_is_right(first_deploy):
     _, _, report = first_deploy
     smoke = next(s for s in report["hosts"][0]["steps"] if s["module"] == "smoke")
-    assert set(smoke["data"]["smoke"]) == {"add_sub", "add_sub_chain", "echo_types", "str_upper"}
+    answers = smoke["data"]["smoke"]
+    assert set(answers) == {"add_sub", "add_sub_chain", "echo_types", "running_sum", "str_upper", "token_stream"}
+    assert all(answers[m]["ok"] and set(answers[m]["versions"]) == {"1"} for m in answers), answers
+    checked = {m for m in answers if answers[m]["versions"]["1"]["checked"]}
+    assert checked == {"add_sub", "add_sub_chain", "running_sum", "str_upper", "token_stream"}  # by their smoke specs
+    stream = answers["token_stream"]["versions"]["1"]
+    assert set(stream["latency_ms"]) == {"grpc"} and "streamed 3 response(s) over grpc" in stream["notes"]
+    assert all(set(answers[m]["versions"]["1"]["latency_ms"]) == {"http", "grpc"} for m in answers
+               if m != "token_stream")
+    assert "6 model version(s) answered, 5 checked against their smoke spec" in smoke["msg"]
     client = httpclient.InferenceServerClient(f"{ADDRESS}:8000", connection_timeout=10, network_timeout=30)
     index = client.get_model_repository_index()
-    assert {m["name"]: m["state"] for m in index} == {n: "READY" for n in smoke["data"]["smoke"]}
+    assert {m["name"]: m["state"] for m in index} == {n: "READY" for n in answers}
     a = np.array([1, 2, 3, 4], dtype=np.float32)
     b = np.array([10, 20, 30, 40], dtype=np.float32)
     inputs = [httpclient.InferInput("INPUT0", [4], "FP32"), httpclient.InferInput("INPUT1", [4], "FP32")]

@@ -122,8 +122,8 @@ class FakeServer:
         self.calls.append(f"control unload={','.join(unload)} load={','.join(load)}")
         return self.control_answers.pop(0)
 
-    def smoke(self, timeout_s: float = 30.0) -> SmokeReport:
-        self.calls.append(f"smoke {timeout_s:g}")
+    def smoke(self, timeout_s: float = 30.0, specs=None) -> SmokeReport:
+        self.calls.append(f"smoke {timeout_s:g}" + (f" specs={','.join(sorted(specs))}" if specs else ""))
         report = self.smoke_answers.pop(0)
         return SmokeReport("10.0.0.1:8000", live=report.get("live", True), ready=report.get("ready", True),
                            models=[ModelSmoke(**m) for m in report["models"]], error=report.get("error", ""))

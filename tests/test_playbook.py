@@ -29,7 +29,8 @@ def test_shipped_playbooks_load_and_deploy_includes_the_four_parts():
     deploy = load(REPO_ROOT / "playbooks" / "deploy.yml")
     assert [p.name for p in deploy.plays] == ["Provision Triton with the Python backend", "Sync the model repository",
                                               "Start tritonserver", "Smoke-test the server remotely"]
-    assert list(deploy.handlers) == ["restart tritonserver"]
+    assert list(deploy.handlers) == ["restart tritonserver", "every model ready after the switch",
+                                     "every model answers after the switch"]
 
 
 @pytest.mark.parametrize("text, line, words", [

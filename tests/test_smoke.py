@@ -3,6 +3,8 @@
 The real-server tests lay out the Triton tree shipped in the `nvidia-pytriton` wheel the way
 /opt/tritonserver looks on a host, and start it on free loopback ports; they are marked `server`. They are
 skipped (with the reason) when no wheel, no shared libpython or no numpy for the stub's Python is on this machine.
+The example models and every other shape of Python-backend model are smoke-tested on one such server in
+tests/test_smoke_shapes.py, which uses the fixtures below.
 """
 
 from __future__ import annotations
@@ -17,11 +19,7 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 
 from tritonfleet.paths import CACHE_DIR, REPO_ROOT
 from tritonfleet.triton.endpoint import Endpoint
@@ -293,52 +291,6 @@ def start_server(triton_root, tmp_path):
     yield start
     for server in servers:
         server.stop()
-
-
-@pytest.mark.server
-def test_examples_pass_smoke_test_on_real_server(start_server, tmp_path):
-    # A copy: the stub ignores PYTHONDONTWRITEBYTECODE and would leave __pycache__ in the checkout.
-    repo = tmp_path / "models"
-    shutil.copytree(EXAMPLES, repo, ignore=shutil.ignore_patterns("__pycache__"))
-    server = start_server(repo)
-    ready, index = ServerClient(Endpoint("127.0.0.1", server.http_port, server.grpc_port)).wait_ready(timeout_s=120)
-    assert ready, f"not ready; index={index}\n{server.log_text()}"
-    assert {m["name"] for m in index} >= {"add_sub", "str_upper", "add_sub_chain"}
-
-    report = smoke_test(Endpoint("127.0.0.1", server.http_port, server.grpc_port), timeout_s=30)
-    assert report.ok, "\n".join(report.failures()) + "\n" + server.log_text()
-    assert report.live and report.ready and report.failures() == []
-    assert {m.name for m in report.models} == {p.name for p in EXAMPLES.iterdir() if p.is_dir()}
-    for m in report.models:
-        assert m.state == "READY" and m.ok and m.version == "1"
-        assert set(m.latency_ms) == {"http", "grpc"} and all(v > 0 for v in m.latency_ms.values())
-
-    # the examples compute what they say
-    a = np.array([1, 2, 3, 4], dtype=np.float32)
-    b = np.array([0.5, 0.5, 1, 1], dtype=np.float32)
-    http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}", network_timeout=30)
-    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
-    try:
-        for mod, client in ((httpclient, http), (grpcclient, grpc)):
-            ins = [mod.InferInput("INPUT0", [4], "FP32"), mod.InferInput("INPUT1", [4], "FP32")]
-            ins[0].set_data_from_numpy(a)
-            ins[1].set_data_from_numpy(b)
-            r = client.infer("add_sub", ins)
-            np.testing.assert_allclose(r.as_numpy("OUTPUT0"), a + b)
-            np.testing.assert_allclose(r.as_numpy("OUTPUT1"), a - b)
-            ins = [mod.InferInput("A", [4], "FP32"), mod.InferInput("B", [4], "FP32")]
-            ins[0].set_data_from_numpy(a)
-            ins[1].set_data_from_numpy(b)
-            r = client.infer("add_sub_chain", ins)
-            np.testing.assert_allclose(r.as_numpy("TWICE_A"), 2 * a)
-            np.testing.assert_allclose(r.as_numpy("TWICE_B"), 2 * b)
-            text = mod.InferInput("TEXT", [1, 2], "BYTES")
-            text.set_data_from_numpy(np.array([[b"hello", "grüß".encode()]], dtype=np.object_))
-            r = client.infer("str_upper", [text])
-            assert r.as_numpy("UPPER").tolist() == [[b"HELLO", "GRÜSS".encode()]]
-    finally:
-        http.close()
-        grpc.close()
 
 
 @pytest.mark.server

@@ -138,8 +138,9 @@ def models_reload(ctx, args) -> Outcome:
                                          "(re)start that follows loads every model")
     failures = ctx.server.control(unload=removed, load=changed)
     if not failures:
-        report = ctx.server.smoke()
-        failures = {m.name: m.error or m.reason for m in report.models if not m.ok and m.name in changed}
+        from tritonfleet.triton.smokespec import repository_specs
+
+        failures = ctx.server.smoke(specs=repository_specs(ctx.repository)).failures_of(changed)
     if failures:
         switch_link(ctx, models_path, previous)
         ctx.facts.live_models = previous

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tritonfleet.engine.spec import Arg, Outcome, module
 from tritonfleet.modules.common import q
-from tritonfleet.triton import layout
+from tritonfleet.triton import layout, releases, smokespec
 
 
 def _journal_tail(ctx, lines: int = 25) -> str:
@@ -38,14 +38,62 @@ def wait_ready(ctx, args) -> Outcome:
     return Outcome(failed=True, msg=detail + diagnosis, data={"journal": _journal_tail(ctx), "index": index, **extra})
 
 
+def _specs(ctx) -> dict:
+    """The smoke specs of the repository the host serves (model -> spec).
+
+    Those of the validated repository on this machine when it is the live one (a deploy, a reload: no extra
+    round trip); otherwise, as after a rollback or for `invoke smoke`, those on the host, read in one command.
+    """
+    models_path = str(ctx.vars["triton_model_repository_path"]).rstrip("/")
+    repository = ctx.repository
+    live = f"{releases.models_store(models_path)}/{repository.digest[:16]}" if repository is not None else None
+    if ctx.facts.live_models == live:
+        return smokespec.repository_specs(repository)
+    return smokespec.remote_specs(ctx.conn.read(smokespec.remote_specs_command(models_path), timeout=30).stdout)
+
+
+def _known_causes(lines: list[str], diagnosed: dict) -> str:
+    """Cause and fix of the failure lines the signature table knows and the doctor did not already name."""
+    from tritonfleet.triton import signatures
+
+    named = {f.get("signature") for f in (diagnosed.get("diagnosis") or {}).get("findings", [])}
+    return "".join(f"\nknown cause: {sig.cause}\n    fix: {sig.fix}\n    see: {sig.link}"
+                   for sig, _ in signatures.match_lines(lines) if sig.id not in named)
+
+
+def _data(report) -> dict:
+    """Per model: ok when every served version is, and each version's result."""
+    models: dict = {}
+    for m in report.models:
+        entry = models.setdefault(m.name, {"ok": True, "versions": {}})
+        entry["ok"] = entry["ok"] and m.ok
+        entry["versions"][m.version] = {"ok": m.ok, "state": m.state, "reason": m.reason, "error": m.error,
+                                        "latency_ms": m.latency_ms, "notes": m.notes, "checked": m.checked}
+    return {"smoke": models}
+
+
+def _summary(m) -> str:
+    """One model version in the ok message: latency per protocol ('-' where not applicable), whether checked."""
+    name = m.name if m.version in ("", "1") else f"{m.name} v{m.version}"
+    latency = "/".join(f"{m.latency_ms[p]:.1f}" if p in m.latency_ms else "-" for p in ("http", "grpc"))
+    return f"{name} {latency} ms" + (" checked" if m.checked else "")
+
+
 @module(args={"timeout": Arg("float", default=30.0)}, supports_check_mode=False)
 def smoke(ctx, args) -> Outcome:
-    report = ctx.server.smoke(timeout_s=args["timeout"])
-    data = {"smoke": {m.name: {"ok": m.ok, "state": m.state, "latency_ms": m.latency_ms, "error": m.error,
-                               "reason": m.reason} for m in report.models}}
+    """One real inference per model version and protocol (a gRPC stream for a decoupled model), answers compared
+    with the model's smoke spec where it has one; on failure, what the doctor and the known signatures say."""
+    try:
+        specs = _specs(ctx)
+    except smokespec.SpecError as exc:
+        return Outcome(failed=True, msg=f"smoke spec {exc}")
+    report = ctx.server.smoke(timeout_s=args["timeout"], specs=specs)
+    data = _data(report)
     if not report.ok:
+        failures = report.failures()
         diagnosis, extra = _diagnosis(ctx)
-        return Outcome(failed=True, msg="\n".join(report.failures()) + diagnosis, data={**data, **extra})
-    lat = ", ".join(f"{m.name} {m.latency_ms.get('http', 0):.1f}/{m.latency_ms.get('grpc', 0):.1f} ms"
-                    for m in report.models)
-    return Outcome(msg=f"{len(report.models)} model(s) answered (http/grpc): {lat}", data=data, show=True)
+        return Outcome(failed=True, msg="\n".join(failures) + _known_causes(failures, extra) + diagnosis,
+                       data={**data, **extra})
+    checked = sum(m.checked for m in report.models)
+    return Outcome(msg=f"{len(report.models)} model version(s) answered, {checked} checked against their smoke "
+                       f"spec (http/grpc): {', '.join(map(_summary, report.models))}", data=data, show=True)

@@ -133,7 +133,8 @@ class ServerClient:
             time.sleep(min(interval_s, remaining))
         return False, index
 
-    def smoke(self, timeout_s: float = 30.0):
-        """Every model's real inference over HTTP and gRPC (tritonfleet.triton.smoke)."""
+    def smoke(self, timeout_s: float = 30.0, specs=None):
+        """Every model's real inference over HTTP and gRPC (tritonfleet.triton.smoke), answers compared with
+        `specs` (model -> its smoke spec, tritonfleet.triton.smokespec) where a model has one."""
         from tritonfleet.triton.smoke import smoke_test  # tritonclient, grpc and numpy load only when asked
-        return smoke_test(self.endpoint, timeout_s=timeout_s)
+        return smoke_test(self.endpoint, timeout_s=timeout_s, specs=specs)
