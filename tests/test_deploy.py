@@ -209,7 +209,40 @@ def test_malformed_config_is_refused_before_anything_is_pushed(first_deploy, tmp
     before = on_host("find /srv/tritonfleet/models/ -newer /etc/hostname -printf '%p %T@\\n' | sort | sha256sum")
     pid = server_pid()
     proc, report = deploy("--models", str(repo), check_exit=2)
-    assert report is None
+    assert report["ok"] is False and "config.pbtxt" in report["file"]  # --json: the input error as JSON
     assert "config.pbtxt:4" in proc.stderr and "add_sub" in proc.stderr
     assert on_host("find /srv/tritonfleet/models/ -newer /etc/hostname -printf '%p %T@\\n' | sort | sha256sum") == before
     assert server_pid() == pid
+
+
+def test_a_model_that_answers_wrong_fails_the_deploy(first_deploy, tmp_path):
+    repo = tmp_path / "models"
+    shutil.copytree(EXAMPLES, repo)
+    spec = repo / "add_sub" / "smoke.yaml"
+    spec.write_text(spec.read_text().replace("OUTPUT0: [1.5, 2.5, 4, 5]", "OUTPUT0: [1.5, 2.5, 4, 6]"))
+    proc, report = deploy("--models", str(repo), check_exit=1)
+    for protocol in ("http", "grpc"):
+        assert (f"model 'add_sub': answer over {protocol} for INPUT0=[1, 2, 3, 4], INPUT1=[0.5, 0.5, 1, 1] "
+                "(add_sub/smoke.yaml): output 'OUTPUT0' is [1.5, 2.5, 4. , 5. ]; expected [1.5, 2.5, 4. , 6. ] "
+                "(first difference at [3]: 5.0 instead of 6.0)") in proc.stderr
+    misfit = tmp_path / "misfit"
+    shutil.copytree(EXAMPLES, misfit)
+    spec = misfit / "add_sub" / "smoke.yaml"
+    spec.write_text(spec.read_text().replace("inputs:\n", "inputs:\n  INPUT9: [1, 2, 3, 4]\n"))
+    proc, report = deploy("--models", str(misfit), check_exit=2)  # refused before any host is touched
+    assert "add_sub/smoke.yaml:3: model 'add_sub': input 'INPUT9' is not an input of the model" in proc.stderr
+
+
+def test_sync_models_alone_waits_for_readiness_and_smoke_tests(first_deploy, tmp_path):
+    repo = tmp_path / "models"
+    shutil.copytree(EXAMPLES, repo)
+    with open(repo / "str_upper" / "1" / "model.py", "a") as fh:
+        fh.write("\n# a new release of str_upper\n")
+    proc = invoke("sync-models", "--host", HOST, "--models", str(repo), "--json")
+    steps = json.loads(proc.stdout)["hosts"][0]["steps"]
+    assert [s["module"] for s in steps if s["handler"]] == ["systemd", "wait_ready", "smoke"]
+    smoke = next(s for s in steps if s["module"] == "smoke")
+    assert smoke["status"] == "ok" and all(m["ok"] for m in smoke["data"]["smoke"].values())
+    again = invoke("sync-models", "--host", HOST, "--models", str(repo), "--json")
+    report = json.loads(again.stdout)
+    assert report["changed"] == 0 and not [s for s in report["hosts"][0]["steps"] if s["handler"]]

@@ -52,11 +52,14 @@ def add(client, a, b):
 
 
 def repo_with_offset(tmp_path, name: str, offset: int):
-    """The example repository with add_sub adding `offset` to its sum: a one-file change."""
+    """The example repository with add_sub adding `offset` to its sum, and its smoke spec expecting that sum."""
     repo = tmp_path / name
     shutil.copytree(EXAMPLES, repo)
     model_py = repo / "add_sub" / "1" / "model.py"
     model_py.write_text(model_py.read_text().replace("(in0 + in1)", f"(in0 + in1 + {offset})"))
+    spec = repo / "add_sub" / "smoke.yaml"
+    spec.write_text(spec.read_text().replace("OUTPUT0: [1.5, 2.5, 4, 5]",
+                                             f"OUTPUT0: {[v + offset for v in (1.5, 2.5, 4, 5)]}"))
     return repo
 
 
@@ -104,7 +107,7 @@ def test_changed_model_loads_without_restart_and_no_request_fails(deployed, inve
     assert server_pid() == pid
     # only the changed file crossed the network (hard links from the live version for the rest)
     sent_files = [f for f in steps["model_repository"]["data"]["files"] if not f.endswith("/")]
-    assert sent_files == ["add_sub/1/model.py"]
+    assert sent_files == ["add_sub/1/model.py", "add_sub/smoke.yaml"]
     print(f"bytes sent for the one-file change: {report['hosts'][0]['bytes_sent']}")
 
 
@@ -122,6 +125,21 @@ def test_failing_model_is_restored_to_its_previous_version(deployed, inventory, 
     assert "previous version restored" in proc.stderr
     assert ssh(ADDRESS, "readlink /srv/tritonfleet/models").stdout.strip() == live
     assert add(client, [0, 0, 0, 0], [0, 0, 0, 0]) == before
+    assert server_pid() == pid
+
+
+def test_a_model_that_answers_wrong_is_restored_without_a_restart(deployed, inventory, tmp_path):
+    client = httpclient.InferenceServerClient(f"{ADDRESS}:8000", connection_timeout=5, network_timeout=10)
+    before = add(client, [0, 0, 0, 0], [0, 0, 0, 0])
+    live = ssh(ADDRESS, "readlink /srv/tritonfleet/models").stdout.strip()
+    pid = server_pid()
+    repo = repo_with_offset(tmp_path, "wrong", 3)
+    shutil.copy(EXAMPLES / "add_sub" / "smoke.yaml", repo / "add_sub" / "smoke.yaml")  # expects the old sums
+    proc, report = invoke(inventory, "sync-models", "--models", str(repo))
+    assert proc.returncode == 1
+    assert "model 'add_sub': answer over" in proc.stderr and "previous version restored" in proc.stderr
+    assert ssh(ADDRESS, "readlink /srv/tritonfleet/models").stdout.strip() == live
+    assert add(client, [0, 0, 0, 0], [0, 0, 0, 0]) == before and client.is_model_ready("add_sub")
     assert server_pid() == pid
 
 
@@ -144,7 +162,7 @@ def test_models_diff_shows_what_a_sync_would_change(deployed, inventory, tmp_pat
     proc, report = invoke(inventory, "models.diff", "--models", str(repo))
     assert proc.returncode == 0, proc.stderr[-2000:]
     host = report["hosts"][0]
-    assert host["changed"] == {"add_sub": ["1/model.py (changed)"]}
+    assert host["changed"] == {"add_sub": ["1/model.py (changed)", "smoke.yaml (changed)"]}
     assert host["removed"] == ["str_upper"]
     live = ssh(ADDRESS, "readlink /srv/tritonfleet/models").stdout
     proc, _ = invoke(inventory, "sync-models", "--models", str(repo))

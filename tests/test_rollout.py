@@ -71,12 +71,25 @@ def test_good_release_reaches_all_hosts_canary_first(good_fleet, inventory):
     assert len(set(live.values())) == 1 and all(live.values())
 
 
-def test_bad_release_stops_at_canary_which_rolls_back(good_fleet, inventory, tmp_path):
+def model_that_fails_to_load(repo):
+    model_py = repo / "str_upper" / "1" / "model.py"
+    model_py.write_text("import package_that_is_not_installed\n" + model_py.read_text())
+    return ["str_upper", "package_that_is_not_installed"]
+
+
+def model_that_answers_wrong(repo):
+    """add_sub still answers what it always did; its smoke spec now expects another sum."""
+    spec = repo / "add_sub" / "smoke.yaml"
+    spec.write_text(spec.read_text().replace("OUTPUT0: [1.5, 2.5, 4, 5]", "OUTPUT0: [1.5, 2.5, 4, 6]"))
+    return ["model 'add_sub': answer over", "expected [1.5, 2.5, 4. , 6. ]"]
+
+
+@pytest.mark.parametrize("break_release", [model_that_fails_to_load, model_that_answers_wrong])
+def test_bad_release_stops_at_canary_which_rolls_back(good_fleet, inventory, tmp_path, break_release):
     before = releases(inventory)
     untouched = {h.name: ssh(h, "cat /var/lib/tritonfleet/releases").stdout for h in FLEET[1:]}
     repo = repo_with(tmp_path, "bad", "bad")
-    model_py = repo / "str_upper" / "1" / "model.py"
-    model_py.write_text("import package_that_is_not_installed\n" + model_py.read_text())
+    reasons = break_release(repo)
     proc = run(inventory, "rollout", "--group", "fleet", "--models", str(repo))
     assert proc.returncode == 1
     result = report(proc)
@@ -85,7 +98,7 @@ def test_bad_release_stops_at_canary_which_rolls_back(good_fleet, inventory, tmp
                       "gpu06": "not reached"}
     canary = result["hosts"][0]
     assert canary["release_after"] == canary["release_before"] == before["gpu03"]
-    assert "str_upper" in canary["error"] and "package_that_is_not_installed" in canary["error"]
+    assert all(reason in canary["error"] for reason in reasons), canary["error"]
     assert "rollout stopped" in proc.stderr
     # the others were never touched, and the whole fleet serves one release again
     assert {h.name: ssh(h, "cat /var/lib/tritonfleet/releases").stdout for h in FLEET[1:]} == untouched
