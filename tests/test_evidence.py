@@ -21,6 +21,7 @@ from tritonfleet.triton import doctor
 from tritonfleet.triton import layout
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hosts"
+NVIDIA_SMI = Path(__file__).parent / "fixtures" / "nvidia-smi"
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -66,20 +67,12 @@ def test_output_value_is_the_last_one():
 
 # ---- parsers -----------------------------------------------------------------------------------------------------
 
-def test_gpus_from_handwritten_nvidia_smi_csv():
-    assert evidence.parse_gpus((FIXTURES / "handwritten-gpus.csv").read_text()) == [
-        Gpu(0, "NVIDIA H100 80GB HBM3", "550.54.15", 81559),
-        Gpu(1, "NVIDIA H100 80GB HBM3", "550.54.15", 81559),
-        Gpu(2, "NVIDIA GH200 480GB", "550.54.15", 0),
-        Gpu(3, "Tesla T4", "470.82.01", 15109),
-    ]
-
-
 @pytest.mark.parametrize("text,gpus", [
     ("", []),
     ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.", []),
     ("No devices were found", []),
     ("0, NVIDIA A100, 470.82.01", [Gpu(0, "NVIDIA A100", "470.82.01", 0)]),  # memory not asked for
+    ("0, NVIDIA A100, 470.82.01, 40960", [Gpu(0, "NVIDIA A100", "470.82.01", 40960)]),  # headerless: the old order
 ])
 def test_gpus_skip_lines_that_are_no_gpu(text, gpus):
     assert evidence.parse_gpus(text) == gpus
@@ -134,20 +127,68 @@ def test_package_manager(tmp_path, present, pkg_mgr):
     assert out.values.get("pkg_mgr") == ([pkg_mgr] if pkg_mgr else None)
 
 
-def test_installed_packages_from_dpkg_keep_only_installed_ones(tmp_path):
-    tool(tmp_path / "bin", "dpkg-query", "printf 'libpython3.11 ii \\nrsync rc \\npython3-numpy ii \\n'\n")
-    out = run_sh(evidence.INSTALLED_PACKAGES, tools_only(tmp_path / "bin", "awk"))
-    assert evidence.parse_host(evidence.parse_output(out)).packages == {"libpython3.11", "python3-numpy"}
+# what dpkg-query prints for the fragment's format: ${db:Status-Abbrev} is three characters ("ii ", "rc ")
+DPKG_LIST = ("ii libpython3.11 amd64 3.11.2-6+deb12u2\nrc  rsync amd64 3.2.7-1\nii python3-numpy amd64 1:1.24.2-1\n"
+             "ii libc6 amd64 2.36-9+deb12u7\nii libc6 i386 2.36-9+deb12u7\nii libc6-dev amd64 2.36-9+deb12u7\n"
+             "ii name-with-*-glob all 1\n")
+
+
+def test_installed_packages_from_dpkg_keep_only_installed_ones_and_read_the_c_library(tmp_path):
+    tool(tmp_path / "bin", "dpkg-query", f"cat <<'EOF'\n{DPKG_LIST}EOF\n")
+    host = evidence.parse_host(evidence.parse_output(run_sh(evidence.INSTALLED_PACKAGES,
+                                                            tools_only(tmp_path / "bin", "cat"))))
+    assert host.packages == {"libpython3.11", "python3-numpy", "libc6", "libc6-dev", "name-with-*-glob"}
+    assert (host.glibc_version, host.architectures) == ("2.36", ["x86_64", "i686"])
 
 
 def test_installed_packages_from_rpm(tmp_path):
-    tool(tmp_path / "bin", "rpm", "printf 'package=python3-libs\\npackage=rsync\\n'\n")
-    out = run_sh(evidence.INSTALLED_PACKAGES, tools_only(tmp_path / "bin"))
-    assert evidence.parse_host(evidence.parse_output(out)).packages == {"python3-libs", "rsync"}
+    tool(tmp_path / "bin", "rpm", "printf 'ii python3-libs x86_64 3.9.18\\nii rsync x86_64 3.2.3\\n"
+                                  "ii glibc x86_64 2.34\\nii glibc-common x86_64 2.34\\n'\n")
+    host = evidence.parse_host(evidence.parse_output(run_sh(evidence.INSTALLED_PACKAGES,
+                                                            tools_only(tmp_path / "bin"))))
+    assert host.packages == {"python3-libs", "rsync", "glibc", "glibc-common"}
+    assert (host.glibc_version, host.architectures) == ("2.34", ["x86_64"])
+
+
+def test_neither_dpkg_nor_rpm_leaves_the_c_library_unknown_and_the_shell_as_it_was(tmp_path):
+    out = run_sh(evidence.INSTALLED_PACKAGES + 'set -- a*; echo "glob=$1"; x="1 2"; set -- $x; echo "words=$#"\n',
+                 tools_only(tmp_path / "bin"))
+    host = evidence.parse_host(evidence.parse_output(out))
+    assert (host.packages, host.glibc_version, host.architectures) == (set(), "", [])
+    assert "words=2" in out  # IFS and globbing are back to normal for the fragments after it
+
+
+def under(tmp_path: Path, fragment: str) -> str:
+    """A fragment whose absolute /usr paths point into tmp_path."""
+    return fragment.replace(" /usr/", f" {tmp_path}/usr/")
+
+
+def test_libstdcxx_file_name_gives_the_newest_glibcxx(tmp_path):
+    for rel in ("usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30", "usr/lib/i386-linux-gnu/libstdc++.so.6.0.28",
+                "usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30-gdb.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    out = run_sh(under(tmp_path, evidence.LIBSTDCXX))
+    assert evidence.parse_host(evidence.parse_output(out)).glibcxx_version == "3.4.30"
+
+
+@pytest.mark.parametrize("folders,version", [
+    (["usr/lib/python3/dist-packages/numpy-1.24.2.egg-info"], "1.24.2"),
+    (["usr/lib/python3/dist-packages/numpy-2.2.4.dist-info",  # pip's /usr/local comes first on sys.path
+      "usr/local/lib/python3.11/dist-packages/numpy-1.26.4.dist-info"], "1.26.4"),
+    (["usr/lib64/python3.11/site-packages/numpy-1.24.2-py3.11.egg-info"], "1.24.2"),
+    (["usr/lib/python3.10/dist-packages/numpy-1.21.5.dist-info"], ""),  # another Python's folder
+    ([], ""),
+])
+def test_numpy_version_from_its_metadata_folder_without_starting_python(tmp_path, folders, version):
+    for rel in folders:
+        (tmp_path / rel).mkdir(parents=True)
+    out = run_sh("python_version=3.11\n" + under(tmp_path, evidence.NUMPY))
+    assert evidence.parse_host(evidence.parse_output(out)).numpy_version == version
 
 
 def test_gpus_section_holds_nvidia_smi_csv(tmp_path):
-    csv = (FIXTURES / "handwritten-gpus.csv").read_text()
+    csv = (NVIDIA_SMI / "handwritten-four-gpus.csv").read_text()
     tool(tmp_path / "bin", "nvidia-smi", f"cat <<'EOF'\n{csv}EOF\n")
     out = run_sh(evidence.script(evidence.gpus()), tools_only(tmp_path / "bin", "cat"))
     assert len(evidence.parse_host(evidence.parse_output(out)).gpus) == 4
@@ -220,7 +261,8 @@ def test_doctor_script_is_valid_sh_and_probes_each_thing_once():
     assert subprocess.run(["sh", "-n", "-c", doctor_command()], capture_output=True).returncode == 0
     script = doctor._SCRIPT
     assert script.count("systemctl show") == 1 and script.count("df -Pk") == 1
-    assert script.count("nvidia-smi --query-gpu") == 1 and "python3 -c 'import sys" not in script
+    # nvidia-smi is asked once, and once more only by drivers that refuse compute_cap (before R510)
+    assert script.count("nvidia-smi --query-gpu") == 2 and "python3 -c 'import sys" not in script
 
 
 def test_doctor_script_runs_here_to_its_end():
@@ -244,7 +286,8 @@ def handwritten_restarting_host() -> doctor.Diagnosis:
 def test_doctor_evidence_of_a_handwritten_gpu_host():
     ev = doctor.parse_evidence((FIXTURES / "handwritten-gpu-restarting.doctor.txt").read_text())
     assert ev.host.python_version == "3.10" and ev.host.pkg_mgr == "apt"
-    assert ev.host.gpus == [Gpu(0, "NVIDIA A100-SXM4-40GB", "470.82.01", 40960)]
+    assert ev.host.gpus == [Gpu(0, "NVIDIA A100-SXM4-40GB", "470.82.01", 40960,
+                                "GPU-1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f")]
     assert (ev.host.disk_free_kb, ev.host.shm_kb) == (1048576, None)
     assert ev.service["NRestarts"] == "7" and ev.service is ev.host.service
     assert "bin/tritonserver" in ev.files and "add_sub" in ev.configs and "gpus" in ev.sections

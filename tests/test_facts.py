@@ -44,7 +44,20 @@ def run_facts(triton_user: str, models_path: str, path: str = SYSTEM_PATH) -> st
     ("recorded-debian12-container.facts.txt",
      dict(os_id="debian", os_version="12", os_name="Debian GNU/Linux 12 (bookworm)", init="process_api",
           python_version="3.11", pkg_mgr="apt", gpus=[], service={}, user_exists=False, live_release="",
-          releases=[], history=[], unit_sha256="", server_cmdline="")),
+          releases=[], history=[], unit_sha256="", server_cmdline="", architectures=["x86_64"],
+          glibc_version="2.36", glibcxx_version="3.4.30", numpy_version="1.24.2",
+          numpy_path="/usr/lib/python3/dist-packages/numpy-1.24.2.egg-info")),
+    ("recorded-debian11-chroot.facts.txt",
+     dict(os_id="debian", os_version="11", python_version="3.9", architectures=["x86_64"], glibc_version="2.31",
+          glibcxx_version="3.4.28", numpy_version="1.19.5")),
+    ("recorded-debian13-chroot.facts.txt",
+     dict(os_id="debian", os_version="13", python_version="3.13", architectures=["x86_64"], glibc_version="2.41",
+          glibcxx_version="3.4.33", numpy_version="2.2.4",
+          numpy_path="/usr/lib/python3/dist-packages/numpy-2.2.4.dist-info")),
+    ("handwritten-ubuntu22-aarch64-gh200.facts.txt",
+     dict(os_id="ubuntu", architectures=["aarch64"], glibc_version="2.35", glibcxx_version="3.4.30",
+          numpy_version="1.21.5", gpus=[Gpu(0, "NVIDIA GH200 480GB", "560.35.03", 97871,
+                                            "GPU-0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", "9.0", "Disabled")])),
     ("handwritten-debian12-fresh.facts.txt",
      dict(os_id="debian", init="systemd", python_version="3.11", pkg_mgr="apt", disk_free_kb=30412876,
           shm_kb=1018264, user_exists=False, releases=[], model_repos=[], history=[])),
@@ -54,11 +67,14 @@ def run_facts(triton_user: str, models_path: str, path: str = SYSTEM_PATH) -> st
           live_models="/srv/tritonfleet/models-releases/9a1b2c3d4e5f6a7b",
           model_repos=["1f2e3d4c5b6a7980", "9a1b2c3d4e5f6a7b"], root_is_unmanaged=False,
           models_is_unmanaged=False, shm_kb=32768000, disk_free_kb=52428800,
-          gpus=[Gpu(0, "NVIDIA A100-SXM4-80GB", "535.104.05", 81920),
-                Gpu(1, "NVIDIA A100-SXM4-80GB", "535.104.05", 81920)])),
+          gpus=[Gpu(0, "NVIDIA A100-SXM4-80GB", "535.104.05", 81920, "GPU-6f3a9a1e-2b7c-4c1d-9e0f-1a2b3c4d5e6f",
+                    "8.0", "Disabled"),
+                Gpu(1, "NVIDIA A100-SXM4-80GB", "535.104.05", 81920, "GPU-7e4b0b2f-3c8d-4d2e-8f1a-2b3c4d5e6f70",
+                    "8.0", "Disabled")])),
     ("handwritten-rocky9-dnf.facts.txt",
      dict(os_id="rocky", os_version="9.4", python_version="3.9", pkg_mgr="dnf",
-          packages={"rpm", "python3", "python3-libs", "dnf"})),
+          packages={"rpm", "python3", "python3-libs", "dnf"}, architectures=["x86_64"], glibc_version="2.34",
+          glibcxx_version="3.4.29", numpy_version="")),
     ("handwritten-debian12-no-python3.facts.txt", dict(python_version="", pkg_mgr="apt")),
 ])
 def test_parse_facts_of_host_outputs(name, expected):
@@ -122,7 +138,7 @@ def test_packages_a_deploy_would_install(name, missing):
 
 # ---- preflight over parsed facts ---------------------------------------------------------------------------------
 
-BUNDLE = SimpleNamespace(bundle_id="b", python_versions=("3.10", "3.11", "3.12"))
+BUNDLE = SimpleNamespace(bundle_id="b", python_versions=("3.10", "3.11", "3.12"), backends=("python",))
 NO_MODELS = SimpleNamespace(models={})
 
 
@@ -146,6 +162,35 @@ def test_facts_script_is_valid_sh_and_asks_each_thing_once():
     script = factsmod._SCRIPT
     assert script.count("systemctl ") == 1 and script.count("df -Pk") == 1 and "readlink -f" in script
     assert "sed " not in script  # the shell reads systemctl's answer and the history itself
+
+
+def counted(bin_dir: Path, log: Path, name: str, body: str = "") -> None:
+    """A stand-in tool that logs its name, then runs `body` or the real tool."""
+    run = body or f'exec {shutil.which(name, path=SYSTEM_PATH)} "$@"'
+    (bin_dir / name).write_text(f"#!/bin/sh\necho {name} >> {log}\n{run}\n")
+    (bin_dir / name).chmod(0o755)
+
+
+def test_facts_script_starts_only_these_processes(tmp_path):
+    """The no-op deploy runs this on every host every run: each process it starts is counted here. numpy's and
+    glibc's versions, libstdc++ and the architecture cost none (globs and the package list the script reads anyway)."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "started"
+    bin_dir.mkdir()
+    for name in ("readlink", "getent", "df", "awk", "sh"):
+        counted(bin_dir, log, name)
+    counted(bin_dir, log, "dpkg-query", "printf 'ii libc6 amd64 2.36-9+deb12u7\\nii python3 amd64 3.11.2-1\\n'")
+    counted(bin_dir, log, "systemctl", "true")
+    gpus_csv = Path(__file__).parent / "fixtures" / "nvidia-smi" / "handwritten-four-gpus.csv"
+    counted(bin_dir, log, "nvidia-smi", f"exec {shutil.which('cat', path=SYSTEM_PATH)} {gpus_csv}")
+    counted(bin_dir, log, "python3.42", "echo never")
+    (bin_dir / "python3").symlink_to("python3.42")
+    for name in ("apt-get", "timeout", "stat", "cmp", "sha256sum", "tr"):
+        counted(bin_dir, log, name, "false")
+    facts = parse_facts(run_facts("triton", str(tmp_path / "models"), str(bin_dir)))
+    assert (facts.glibc_version, facts.architectures, len(facts.gpus)) == ("2.36", ["x86_64"], 4)
+    # sorted: the two ends of a pipeline (df | awk) start in either order
+    assert sorted(log.read_text().split()) == sorted(["sh", "readlink", "dpkg-query", "nvidia-smi", "df", "awk",
+                                                      "systemctl", "getent", "readlink", "readlink"])
 
 
 def test_facts_script_runs_here():

@@ -164,12 +164,13 @@ def status_command(opts: Options) -> None:
     from tritonfleet.fleet.status import as_dicts, fleet_status
     hosts = _hosts(opts)
     rows = fleet_status(hosts, _command_vars(opts, hosts), opts.bundle, progress=console.print)
-    table = Table("host", "reachable", "triton", "release", "service", "uptime", "restarts", "models", "drift")
+    table = Table("host", "reachable", "triton", "release", "service", "uptime", "restarts", "models", "GPUs",
+                  "drift")
     for r in rows:
         models_text = ", ".join(f"{n}:{s.split(':')[0]}" for n, s in sorted(r.models.items()))
         table.add_row(r.name, "yes" if r.reachable else f"NO: {r.error.splitlines()[0]}", r.triton_version,
                       r.release, r.service, f"{r.uptime_s}s" if r.service == "active" else "", str(r.restarts),
-                      models_text, "; ".join(r.drift))
+                      models_text, "; ".join(r.gpus), "; ".join(r.drift))
     Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200).print(table)
     failed = any(not r.reachable or r.drift for r in rows)
     if opts.json:

@@ -25,6 +25,7 @@ class HostStatus:
     uptime_s: int = 0
     restarts: int = 0
     models: dict = field(default_factory=dict)  # name -> state (READY, UNAVAILABLE: reason, ...)
+    gpus: list = field(default_factory=list)  # one line per GPU: index, name, memory, driver, compute capability, MIG
     drift: list = field(default_factory=list)
 
 
@@ -38,6 +39,7 @@ def host_status(host, conn, hostvars: dict) -> HostStatus:
     status.service = facts.service.get("ActiveState", "")
     status.uptime_s = int(facts.service.get("UptimeSeconds") or 0)
     status.restarts = int(facts.service.get("NRestarts") or 0)
+    status.gpus = [gpu.describe() for gpu in facts.gpus]
     if status.service == "active":
         server = ServerClient(endpoint_for(host.address, hostvars, conn))
         status.triton_version, status.models = server.version(), server.model_states()

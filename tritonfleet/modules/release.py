@@ -13,7 +13,9 @@ from tritonfleet.triton import layout, releases
 
 @module(needs=("bundle", "repository"))
 def triton_preflight(ctx, args) -> Outcome:
-    problems = layout.preflight_problems(ctx.facts, ctx.bundle, ctx.repository)
+    """Refuse a host that cannot run the bundle or the models, saying what it has, what is needed and what to do."""
+    problems = layout.platform_problems(ctx.facts, ctx.bundle)
+    problems += layout.preflight_problems(ctx.facts, ctx.bundle, ctx.repository, ctx.vars["triton_server_args"])
     if "triton_packages" not in ctx.host.vars and ctx.facts.python_version:
         try:  # the packages step needs a package manager tritonfleet knows, unless the user manages them
             layout.python_packages(ctx.facts.pkg_mgr, ctx.facts.python_version)
@@ -21,7 +23,9 @@ def triton_preflight(ctx, args) -> Outcome:
             problems.append(f"{exc.message} (fix: {exc.hint})")
     if problems:
         return Outcome(failed=True, msg="; ".join(problems))
-    return Outcome(msg=f"{ctx.facts.os_name}, python {ctx.facts.python_version}, {len(ctx.facts.gpus)} GPU(s)")
+    note = layout.driver_note(ctx.facts.gpus)
+    return Outcome(msg=f"{ctx.facts.os_name}, python {ctx.facts.python_version}, {len(ctx.facts.gpus)} GPU(s)"
+                       + (f"; {note}" if note else ""))
 
 
 @module(needs=("bundle",))
@@ -57,7 +61,9 @@ def python_stub(ctx, args) -> Outcome:
     """The stub for the host's Python, in the release's backends/python, OWNED by the service user.
 
     The Python backend chmods the stub at every model load; if the service user does not own it every
-    model fails with 'Failed to give execute permission to triton_python_backend_stub'.
+    model fails with 'Failed to give execute permission to triton_python_backend_stub'. A stub that lacks a
+    library (the host's libpython) makes the server hang while loading, so once installed it is checked with `ldd`
+    under the unit's LD_LIBRARY_PATH.
     """
     user = args["owner"]
     release = layout.release_dir(ctx.bundle.bundle_id)
@@ -73,9 +79,17 @@ def python_stub(ctx, args) -> Outcome:
     if state == [user, "755", "same"]:
         return Outcome(msg=f"stub for python {ctx.facts.python_version} owned by {user}")
     if not ctx.check:
-        ctx.conn.run(f"install -o {q(user)} -g {q(user)} -m 0755 {q(source)} {q(dest)}")
+        ldd = ctx.conn.run(f"install -o {q(user)} -g {q(user)} -m 0755 {q(source)} {q(dest)} && "
+                           f"LD_LIBRARY_PATH={q(release + '/lib')} ldd {q(dest)}").stdout
         if ctx.facts.live_release == release:
             ctx.facts.live_stub = f"{user} 755 same"
+        missing = [line.split()[0] for line in ldd.splitlines() if line.rstrip().endswith("=> not found")]
+        if missing:
+            return Outcome(changed=True, failed=True,
+                           msg=f"installed the python {ctx.facts.python_version} stub, but it cannot start on this "
+                               f"host: ldd finds no {', '.join(missing)} (with LD_LIBRARY_PATH={release}/lib, as the "
+                               "unit runs it): install the host's package for it (the packages step does, unless "
+                               "triton_packages is set) and run again")
     return would(ctx, f"install the python {ctx.facts.python_version} stub owned by {user}")
 
 

@@ -16,6 +16,10 @@ Layout inside the tarball, relative to the release root (the host links it to /o
     TRITON_VERSION
     tritonfleet-bundle.json                                  (the manifest)
 
+Beside the tarball, its sidecar .json records its checksum, its backends and its Platform: the architecture, glibc
+and libstdc++ its ELF files need, the libpython each stub links and whether its Python backend takes numpy 2, so
+the preflight can refuse a host before anything is pushed.
+
 No stub is shipped in backends/python: provisioning copies the one matching the host's python3 there
 and chowns it to the service user (the Python backend chmods the stub at every model load, so the
 service user must own it).
@@ -42,7 +46,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterable
 
@@ -80,6 +84,7 @@ class Bundle:
     triton_version: str                  # "2.51.0"
     python_versions: tuple[str, ...]     # ("3.8", "3.9", "3.10", ...)
     backends: tuple[str, ...] = ()       # ("python",): the backends a model's config may name
+    platform: Platform = field(default_factory=lambda: Platform())  # what a host needs to run it
 
     def stub_path(self, python_version: str) -> str:
         """Path, inside the bundle, of the stub for the host's Python; fails early when there is none,
@@ -185,11 +190,11 @@ def load_bundle(path: str | Path, verify: bool = False) -> Bundle:
         raise TritonfleetError(f"cannot read bundle metadata: {exc}", file=str(json_path),
                                hint=hint) from None
     try:
+        meta = _completed(meta, tar_path, json_path)
         bundle = Bundle(path=tar_path, sha256=meta["sha256"], size=int(meta["size"]),
                         bundle_id=meta["bundle_id"], triton_version=meta["triton_version"],
-                        python_versions=tuple(meta["python_versions"]),
-                        backends=tuple(meta["backends"]) if "backends" in meta else _backends_in(tar_path,
-                                                                                                 json_path, meta))
+                        python_versions=tuple(meta["python_versions"]), backends=tuple(meta["backends"]),
+                        platform=Platform.from_meta(meta["platform"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise TritonfleetError(f"bundle metadata lacks or mangles {exc}", file=str(json_path),
                                hint=hint) from None
@@ -227,69 +232,121 @@ def resolve_bundle(source: str | Path | None, progress: Progress = print) -> Bun
     return build_bundle(source, progress=progress)
 
 
-# --- ELF: which libpython a stub needs ----------------------------------------------------------
+# --- ELF: what the bundle's binaries need from a host -------------------------------------------
+# Pure Python so the control machine needs neither binutils nor an x86 loader (a Mac works too).
+
+_DT_NAMES = {1: "needed", 15: "rpath", 29: "runpath", 14: "soname"}
+_DT_STRTAB, _DT_VERNEED, _DT_VERNEEDNUM = 5, 0x6FFFFFFE, 0x6FFFFFFF
+# e_machine -> what `uname -m` (and rpm) call the architecture; dpkg's names are mapped in engine/evidence.py.
+_MACHINES = {62: "x86_64", 183: "aarch64", 21: "ppc64le", 22: "s390x", 3: "i686", 40: "armv7l", 243: "riscv64"}
+
+
+class _Elf:
+    """One ELF file's header, dynamic section and version needs, read from its bytes."""
+
+    def __init__(self, data: bytes, name: str):
+        if data[:4] != b"\x7fELF":
+            raise ValueError(f"{name} is not an ELF file")
+        cls, enc = data[4], data[5]
+        if cls not in (1, 2) or enc not in (1, 2):
+            raise ValueError(f"{name}: unsupported ELF class/encoding")
+        self.data, self.name = data, name
+        self.e = "<" if enc == 1 else ">"
+        self.is64 = cls == 2
+        self.machine_number, = struct.unpack_from(self.e + "H", data, 18)
+        self.loads, self.dynamic = self._segments()
+        self.tags = self._dynamic_tags()
+        strtab = self.tags.get(_DT_STRTAB, [None])[0]
+        self.strtab = None if strtab is None else self.offset(strtab)
+
+    def _segments(self):
+        e, data = self.e, self.data
+        if self.is64:
+            phoff, = struct.unpack_from(e + "Q", data, 0x20)
+            phentsize, phnum = struct.unpack_from(e + "HH", data, 0x36)
+        else:
+            phoff, = struct.unpack_from(e + "I", data, 0x1C)
+            phentsize, phnum = struct.unpack_from(e + "HH", data, 0x2A)
+        loads, dynamic = [], None
+        for i in range(phnum):
+            off = phoff + i * phentsize
+            if self.is64:
+                p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(e + "IIQQQQ", data, off)
+            else:
+                p_type, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(e + "IIIII", data, off)
+            if p_type == 1:      # PT_LOAD
+                loads.append((p_vaddr, p_offset, p_filesz))
+            elif p_type == 2:    # PT_DYNAMIC
+                dynamic = (p_offset, p_filesz)
+        return loads, dynamic
+
+    def _dynamic_tags(self) -> dict[int, list[int]]:
+        """Every dynamic entry's values by tag, in order (none for a statically linked file)."""
+        tags: dict[int, list[int]] = {}
+        if self.dynamic is None:
+            return tags
+        fmt, size = (self.e + "qQ", 16) if self.is64 else (self.e + "iI", 8)
+        start, length = self.dynamic
+        for off in range(start, start + length - size + 1, size):
+            tag, val = struct.unpack_from(fmt, self.data, off)
+            if tag == 0:         # DT_NULL
+                break
+            tags.setdefault(tag, []).append(val)
+        return tags
+
+    def offset(self, vaddr: int) -> int:
+        """The file offset of a virtual address (DT_STRTAB and DT_VERNEED are addresses)."""
+        for start, offset, filesz in self.loads:
+            if start <= vaddr < start + filesz:
+                return vaddr - start + offset
+        raise ValueError(f"{self.name}: address {vaddr:#x} is outside every PT_LOAD segment")
+
+    def string(self, index: int) -> str:
+        start = self.strtab + index
+        return self.data[start:self.data.index(b"\0", start)].decode("utf-8", "replace")
+
+    @property
+    def machine(self) -> str:
+        return _MACHINES.get(self.machine_number, f"EM_{self.machine_number}")
+
+    def dynamic_strings(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {name: [] for name in _DT_NAMES.values()}
+        if self.strtab is not None:
+            for tag, name in _DT_NAMES.items():
+                out[name] = [self.string(v) for v in self.tags.get(tag, [])]
+        return out
+
+    def version_needs(self) -> list[str]:
+        """The symbol versions the file needs from its libraries (.gnu.version_r): GLIBC_2.34, GLIBCXX_3.4.30, ..."""
+        if self.strtab is None or _DT_VERNEED not in self.tags:
+            return []
+        versions, off = [], self.offset(self.tags[_DT_VERNEED][0])
+        for _ in range(self.tags.get(_DT_VERNEEDNUM, [0])[0]):
+            _version, count, _file, aux, following = struct.unpack_from(self.e + "HHIII", self.data, off)
+            aux_off = off + aux
+            for _ in range(count):
+                _hash, _flags, _other, name, aux_next = struct.unpack_from(self.e + "IHHII", self.data, aux_off)
+                versions.append(self.string(name))
+                aux_off += aux_next
+            if not following:
+                break
+            off += following
+        return versions
+
 
 def elf_dynamic(path: str | Path) -> dict[str, list[str]]:
-    """DT_NEEDED / DT_RPATH / DT_RUNPATH / DT_SONAME of an ELF file, read in pure Python.
-
-    Pure Python so the control machine needs neither binutils nor an x86 loader (a Mac works too).
-    """
-    data = Path(path).read_bytes()
-    if data[:4] != b"\x7fELF":
-        raise ValueError(f"{path} is not an ELF file")
-    cls, enc = data[4], data[5]
-    if cls not in (1, 2) or enc not in (1, 2):
-        raise ValueError(f"{path}: unsupported ELF class/encoding")
-    e = "<" if enc == 1 else ">"
-    is64 = cls == 2
-    if is64:
-        phoff, = struct.unpack_from(e + "Q", data, 0x20)
-        phentsize, phnum = struct.unpack_from(e + "HH", data, 0x36)
-    else:
-        phoff, = struct.unpack_from(e + "I", data, 0x1C)
-        phentsize, phnum = struct.unpack_from(e + "HH", data, 0x2A)
-    loads, dynamic = [], None
-    for i in range(phnum):
-        off = phoff + i * phentsize
-        if is64:
-            p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
-                e + "IIQQQQ", data, off)
-        else:
-            p_type, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(e + "IIIII", data, off)
-        if p_type == 1:      # PT_LOAD
-            loads.append((p_vaddr, p_offset, p_filesz))
-        elif p_type == 2:    # PT_DYNAMIC
-            dynamic = (p_offset, p_filesz)
-    out: dict[str, list[str]] = {"needed": [], "rpath": [], "runpath": [], "soname": []}
-    if dynamic is None:      # statically linked
-        return out
-    entries, strtab = [], None
-    fmt, size = (e + "qQ", 16) if is64 else (e + "iI", 8)
-    for off in range(dynamic[0], dynamic[0] + dynamic[1] - size + 1, size):
-        tag, val = struct.unpack_from(fmt, data, off)
-        if tag == 0:         # DT_NULL
-            break
-        if tag == 5:         # DT_STRTAB (a virtual address)
-            strtab = val
-        entries.append((tag, val))
-    if strtab is None:
-        return out
-    for vaddr, offset, filesz in loads:
-        if vaddr <= strtab < vaddr + filesz:
-            strtab_off = strtab - vaddr + offset
-            break
-    else:
-        raise ValueError(f"{path}: DT_STRTAB is outside every PT_LOAD segment")
-    names = {1: "needed", 15: "rpath", 29: "runpath", 14: "soname"}
-    for tag, val in entries:
-        if tag in names:
-            start = strtab_off + val
-            end = data.index(b"\0", start)
-            out[names[tag]].append(data[start:end].decode("utf-8", "replace"))
-    return out
+    """DT_NEEDED / DT_RPATH / DT_RUNPATH / DT_SONAME of an ELF file."""
+    return _Elf(Path(path).read_bytes(), str(path)).dynamic_strings()
 
 
 _LIBPYTHON = re.compile(r"^libpython(\d+)(?:-[0-9a-f]+)?\.(\d+)(t?)d?m?\.so")
+# auditwheel's renamed copy of a libpython, shipped in lib/ (libpython3-419a3a08.13.so.1.0 in the wheel's 3.13 stub)
+_VENDORED_LIBPYTHON = re.compile(r"^libpython\d+-[0-9a-f]+\.")
+
+
+def _libpython_in(needed: list[str]) -> str | None:
+    """The libpython among an ELF file's DT_NEEDED names, or None."""
+    return next((lib for lib in needed if _LIBPYTHON.match(lib)), None)
 
 
 def stub_python_version(path: str | Path) -> str | None:
@@ -298,11 +355,87 @@ def stub_python_version(path: str | Path) -> str | None:
     auditwheel renames bundled libraries (libpython3-419a3a08.13.so.1.0 in the wheel's 3.13 stub),
     so the hash infix is allowed. None when the stub links no libpython.
     """
-    for lib in elf_dynamic(path)["needed"]:
-        m = _LIBPYTHON.match(lib)
-        if m:
-            return f"{m.group(1)}.{m.group(2)}{m.group(3)}"
-    return None
+    lib = _libpython_in(elf_dynamic(path)["needed"])
+    m = _LIBPYTHON.match(lib) if lib else None
+    return f"{m.group(1)}.{m.group(2)}{m.group(3)}" if m else None
+
+
+def is_vendored_libpython(name: str) -> bool:
+    """A libpython renamed by auditwheel and shipped in the bundle's lib/, instead of the host's own."""
+    return bool(_VENDORED_LIBPYTHON.match(name))
+
+
+# --- platform: what a host must have to run the bundle -----------------------------------------
+
+# Triton 2.51 (r24.10) builds the Python backend with pybind11 2.10, which predates numpy 2: with numpy >= 2 models
+# load but every output comes back empty. r24.11 (Triton 2.52.0) moved to pybind11 2.12 (python_backend PR #384).
+PYTHON_BACKEND_NUMPY2_SINCE = "2.52.0"
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What a host needs to run a bundle, read from the bundle's ELF files and Triton version when it is built.
+
+    An empty value is unknown (a bundle built from files without it); the preflight checks only what is known.
+    """
+
+    machine: str = ""                    # bin/tritonserver's architecture as `uname -m` names it ("x86_64")
+    glibc: str = ""                      # the highest GLIBC_2.x any file needs ("2.35") ...
+    glibc_by: str = ""                   # ... and the first file that needs it
+    glibcxx: str = ""                    # the highest GLIBCXX_3.4.x (libstdc++) any file needs ("3.4.30") ...
+    glibcxx_by: str = ""
+    stub_libpythons: tuple[tuple[str, str], ...] = ()  # (Python minor, the libpython its stub links)
+    numpy2: bool | None = None           # its Python backend works with numpy >= 2
+
+    def vendored_libpython(self, python_version: str) -> str:
+        """The libpython shipped in the bundle's lib/ that the stub for this Python links ("" when it links the
+        host's own)."""
+        libpython = dict(self.stub_libpythons).get(python_version, "")
+        return libpython if is_vendored_libpython(libpython) else ""
+
+    def as_meta(self) -> dict:
+        return {"machine": self.machine, "glibc": self.glibc, "glibc_by": self.glibc_by, "glibcxx": self.glibcxx,
+                "glibcxx_by": self.glibcxx_by, "stub_libpythons": dict(self.stub_libpythons),
+                "numpy2": self.numpy2}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> Platform:
+        return cls(meta["machine"], meta["glibc"], meta["glibc_by"], meta["glibcxx"], meta["glibcxx_by"],
+                   tuple(sorted(meta["stub_libpythons"].items(), key=lambda kv: _version_key(kv[0]))),
+                   meta["numpy2"])
+
+
+def _highest(needs: dict[str, list[str]], prefix: str) -> tuple[str, str]:
+    """The highest `<prefix>X.Y[.Z]` version any file needs, and the first file (by name) that needs it."""
+    best: tuple = ()
+    for name in sorted(needs):
+        for version in needs[name]:
+            if version.startswith(prefix) and re.fullmatch(r"[\d.]+", version[len(prefix):]):
+                key = tuple(int(p) for p in version[len(prefix):].split("."))
+                if key > (best[0] if best else ()):
+                    best = (key, version[len(prefix):], name)
+    return (best[1], best[2]) if best else ("", "")
+
+
+def platform_of(files: Iterable[tuple[str, Callable[[], bytes]]], triton_version: str) -> Platform:
+    """The platform a bundle needs, from its files: (name in the bundle, a reader of its bytes); ELF files only."""
+    needs, machine, stubs = {}, "", {}
+    for name, read in files:
+        data = read()
+        if data[:4] != b"\x7fELF":
+            continue
+        elf = _Elf(data, name)
+        needs[name] = elf.version_needs()
+        if name == "bin/tritonserver":
+            machine = elf.machine
+        parts = name.split("/")
+        if parts[0] == "python_backend_stubs" and parts[-1] == STUB_NAME:
+            stubs[parts[1]] = _libpython_in(elf.dynamic_strings()["needed"]) or ""
+    glibc, glibc_by = _highest(needs, "GLIBC_")
+    glibcxx, glibcxx_by = _highest(needs, "GLIBCXX_")
+    numpy2 = _version_key(triton_version) >= _version_key(PYTHON_BACKEND_NUMPY2_SINCE)
+    return Platform(machine, glibc, glibc_by, glibcxx, glibcxx_by,
+                    tuple(sorted(stubs.items(), key=lambda kv: _version_key(kv[0]))), numpy2)
 
 
 # --- sources -------------------------------------------------------------------------------------
@@ -569,20 +702,35 @@ def _backend_names(names) -> tuple[str, ...]:
     return tuple(sorted({n.split("/")[1] for n in names if n.startswith("backends/") and n.count("/") >= 2}))
 
 
-def _backends_in(tar_path: Path, json_path: Path, meta: dict) -> tuple[str, ...]:
-    """For a bundle cached before its sidecar recorded them: read them from the tarball's listing, once, and
-    record them in the sidecar so the next run does not read the tarball again."""
+def _completed(meta: dict, tar_path: Path, json_path: Path) -> dict:
+    """The sidecar's metadata, with what a bundle cached before the sidecar recorded it (its backends, its
+    platform) read once from the tarball and written back, so the next run does not read the tarball again."""
+    if "backends" in meta and "platform" in meta:
+        return meta
+    names: list[str] = []
+
+    def files(tf: tarfile.TarFile):
+        for member in tf:
+            if member.isfile():
+                names.append(member.name)
+                yield member.name, lambda m=member: tf.extractfile(m).read()
     try:
         with tarfile.open(tar_path, "r:gz") as tf:
-            backends = _backend_names(tf.getnames())
-    except (OSError, tarfile.TarError):
-        return ()  # the size check below reports a missing or broken tarball
+            platform = platform_of(files(tf), meta["triton_version"])
+    except (OSError, tarfile.TarError, ValueError, struct.error):
+        # the size check after this reports a missing or broken tarball
+        return {"backends": [], "platform": Platform().as_meta(), **meta}
+    completed = {"backends": list(_backend_names(names)), "platform": platform.as_meta(), **meta}  # keeps what it had
     try:
-        _write_atomic(json_path, (json.dumps(dict(meta, backends=list(backends)), indent=2, sort_keys=True)
-                                  + "\n").encode())
+        _write_atomic(json_path, (json.dumps(completed, indent=2, sort_keys=True) + "\n").encode())
     except OSError:
-        pass  # a read-only cache still works, at the cost of this listing per run
-    return backends
+        pass  # a read-only cache still works, at the cost of reading the tarball per run
+    return completed
+
+
+def _entry_bytes(entry: _Entry) -> bytes:
+    with entry.opener() as f:
+        return f.read()
 
 
 def _pack(entries: list[_Entry], version: str, source: str, source_id: str, bundles_dir: Path,
@@ -631,12 +779,15 @@ def _pack(entries: list[_Entry], version: str, source: str, source_id: str, bund
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    backends = _backend_names(names)  # in the sidecar only: the tarball (and so the bundle id) stays as it was
-    meta = dict(manifest, sha256=sha, size=size, bundle_id=bundle_id, source_id=source_id, backends=list(backends))
+    # in the sidecar only: the tarball (and so the bundle id) stays as it was
+    backends = _backend_names(names)
+    platform = platform_of(((e.name, lambda e=e: _entry_bytes(e)) for e in entries if e.opener), version)
+    meta = dict(manifest, sha256=sha, size=size, bundle_id=bundle_id, source_id=source_id, backends=list(backends),
+                platform=platform.as_meta())
     _write_atomic(bundles_dir / f"{bundle_id}.json",
                   (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     progress(f"bundle {bundle_id} ({_mb(size)}) in {final}")
-    return Bundle(final, sha, size, bundle_id, version, pythons, backends)
+    return Bundle(final, sha, size, bundle_id, version, pythons, backends, platform)
 
 
 def _add_entry(tf: tarfile.TarFile, e: _Entry) -> None:
@@ -726,5 +877,5 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-__all__: Iterable[str] = ["Bundle", "build_bundle", "load_bundle", "default_bundle",
+__all__: Iterable[str] = ["Bundle", "Platform", "platform_of", "build_bundle", "load_bundle", "default_bundle",
                           "elf_dynamic", "stub_python_version", "PYTRITON_VERSION", "PYTRITON_SHA256"]

@@ -1,7 +1,8 @@
 """Host facts, gathered in one round trip per host and parsed once.
 
-The script is the generic probes of `engine/evidence.py` (OS, PID 1, Python, packages, GPUs, disks, the unit)
-followed by the Triton ones below; the doctor builds its evidence script from the same probes.
+The script is the generic probes of `engine/evidence.py` (OS, PID 1, Python, numpy, packages and the C library,
+libstdc++, GPUs, disks, the unit) followed by the Triton ones below; the doctor builds its evidence script from the
+same probes.
 
 Modules compare these with the desired state; a module that changes the host updates the facts it
 changed, so later steps of the same run see the new state without asking the host again.
@@ -48,8 +49,9 @@ SERVICE_PROPERTIES = ("ActiveState", "SubState", "MainPID", "UnitFileState", "NR
                       "LoadState", "ActiveEnterTimestamp")
 
 _SCRIPT = evidence.script(
-    evidence.OS_RELEASE, evidence.INIT, evidence.PYTHON_VERSION, evidence.PKG_MGR, evidence.INSTALLED_PACKAGES,
-    evidence.gpus(), evidence.DISKS, evidence.systemd_unit(layout.SERVICE, SERVICE_PROPERTIES), _TRITON_PROBES,
+    evidence.OS_RELEASE, evidence.INIT, evidence.PYTHON_VERSION, evidence.NUMPY, evidence.PKG_MGR,
+    evidence.INSTALLED_PACKAGES, evidence.LIBSTDCXX, evidence.gpus(), evidence.DISKS,
+    evidence.systemd_unit(layout.SERVICE, SERVICE_PROPERTIES), _TRITON_PROBES,
 )
 
 
@@ -62,6 +64,11 @@ class Facts:
     python_version: str = ""
     pkg_mgr: str = ""
     packages: set = field(default_factory=set)
+    architectures: list = field(default_factory=list)  # of the installed C libraries ("x86_64"), from dpkg or rpm
+    glibc_version: str = ""  # "2.36"; "" where neither dpkg nor rpm names the C library
+    glibcxx_version: str = ""  # "3.4.30": the newest GLIBCXX_ of the system libstdc++
+    numpy_version: str = ""  # of the first numpy python3 finds in the system's site folders ("" when none)
+    numpy_path: str = ""  # its metadata folder
     gpus: list = field(default_factory=list)
     disk_free_kb: int = 0
     shm_kb: int = 0
@@ -121,7 +128,9 @@ def parse_facts(output: str) -> Facts:
     host = evidence.parse_host(out)
     return Facts(
         os_id=host.os_id, os_version=host.os_version, os_name=host.os_name, init=host.init,
-        python_version=host.python_version, pkg_mgr=host.pkg_mgr, packages=host.packages, gpus=host.gpus,
+        python_version=host.python_version, pkg_mgr=host.pkg_mgr, packages=host.packages,
+        architectures=host.architectures, glibc_version=host.glibc_version, glibcxx_version=host.glibcxx_version,
+        numpy_version=host.numpy_version, numpy_path=host.numpy_path, gpus=host.gpus,
         disk_free_kb=host.disk_free_kb or 0, shm_kb=host.shm_kb or 0, service=host.service,
         user_exists=out.value("user_exists") == "yes",
         live_release=out.value("live_release"), root_is_unmanaged=out.value("root_is_unmanaged") == "yes",

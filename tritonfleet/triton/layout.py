@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 from tritonfleet.engine import varspec
 from tritonfleet.errors import TritonfleetError
 from tritonfleet.paths import REPO_ROOT
-from tritonfleet.triton.models import SHELL_SAFE
+from tritonfleet.triton.models import SHELL_SAFE, ModelRepositoryError, with_config_variant
 
 SERVICE = "tritonserver"
 UNIT_PATH = f"/etc/systemd/system/{SERVICE}.service"
@@ -47,12 +47,14 @@ DEFAULT_VARS = {
     "triton_extra_args": [],
     "triton_ready_timeout": 180,
     "triton_keep_releases": 3,
+    "triton_model_config_name": "",  # unset: every model's config.pbtxt
 }
 
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 BIND_ADDRESS = re.compile(r"[A-Za-z0-9_.:%-]+")
 PACKAGE_NAME = re.compile(r"[A-Za-z0-9][^\s\x00-\x1f\x7f]*")
+CONFIG_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a file name stem: <model>/configs/<name>.pbtxt
 
 # Paths that reach `bash -c` unquoted inside Triton's Python backend (the model path, the stub under the backend
 # directory): spaces break every model, quotes, ';' and '$(...)' run as commands. Read without a trailing slash
@@ -86,6 +88,9 @@ VAR_TYPES = {
     "triton_extra_args": varspec.ARGUMENTS,
     "triton_ready_timeout": _SECONDS,
     "triton_keep_releases": varspec.whole_number(1, allowed="a whole number, 1 (the live release) or more"),
+    "triton_model_config_name": varspec.optional(varspec.text(
+        CONFIG_NAME, "a config name of letters, digits, '_', '.' and '-' (selects <model>/configs/<name>.pbtxt "
+                     "where a model has one), e.g. h100", "not a config file name")),
     # a list only: `[]` manages the packages yourself (fleet/run.py reads it as given)
     "triton_packages": varspec.text_list(varspec.text(PACKAGE_NAME, "package names", "not a package name")),
 }
@@ -133,6 +138,8 @@ def server_args(v: dict) -> list[str]:
         args.append("--load-model=*")
     if v["triton_backend_directory"]:
         args.append(f"--backend-directory={v['triton_backend_directory']}")
+    if v["triton_model_config_name"]:
+        args.append(f"--model-config-name={v['triton_model_config_name']}")
     for backend, settings in v["triton_backend_config"].items():
         for key, value in settings.items():
             args.append(f"--backend-config={backend},{key}={value}")
@@ -173,8 +180,11 @@ def release_dir(release_id: str) -> str:
     return str(PurePosixPath(RELEASES_DIR) / release_id)
 
 
-def preflight_problems(facts, bundle, repository) -> list[str]:
-    """Reasons this host cannot run this bundle and repository, found before anything is changed."""
+def preflight_problems(facts, bundle, repository, server_args: list[str] = ()) -> list[str]:
+    """Reasons this host cannot run this bundle and repository, found before anything is changed.
+
+    `server_args` are the host's tritonserver flags: `--model-config-name` selects the configs checked here.
+    """
     problems = []
     if facts.init != "systemd":
         problems.append(f"PID 1 is '{facts.init}', not systemd: tritonfleet runs Triton as a systemd service")
@@ -190,10 +200,123 @@ def preflight_problems(facts, bundle, repository) -> list[str]:
             problems.append(f"model {m.name} runs in a packed Python {m.execution_env_python} environment "
                             f"(EXECUTION_ENV_PATH) but the stub is for the host's Python {facts.python_version}: "
                             "pack the environment with the host's Python")
+    config_name = (flag_values(list(server_args), "--model-config-name") or [""])[-1]
+    if config_name:
+        try:
+            repository = with_config_variant(repository, config_name, bundle.backends)
+        except ModelRepositoryError as exc:
+            return problems + [f"--model-config-name={config_name}: {p}" for p in exc.problems]
     gpu_models = sorted(m.name for m in repository.models.values() if m.uses_gpu())
     if gpu_models and not facts.gpus:
         problems.append(f"model(s) {', '.join(gpu_models)} ask for KIND_GPU instances but the host has no GPU "
                         "(nvidia-smi found none): use KIND_CPU for them or deploy to a GPU host")
+    elif gpu_models:
+        problems += _placement_problems(facts.gpus, repository, config_name, _min_compute_capability(server_args))
+        problems += _driver_problems(facts.gpus, gpu_models)
+    return problems
+
+
+def _min_compute_capability(server_args) -> float:
+    """The compute capability below which Triton ignores a GPU: 6.0 (TRITON_MIN_COMPUTE_CAPABILITY, core r24.10
+    CMakeLists.txt) unless --min-supported-compute-capability says otherwise."""
+    given = flag_values(list(server_args), "--min-supported-compute-capability")
+    try:
+        return float(given[-1]) if given else MIN_COMPUTE_CAPABILITY
+    except ValueError:
+        return MIN_COMPUTE_CAPABILITY
+
+
+def _gpu_groups(model):
+    """The KIND_GPU instance groups of a model's config (none for a model known only by its kinds)."""
+    return [g for g in (model.config.instance_group if model.config is not None else ()) if g.kind == KIND_GPU]
+
+
+def _placement_problems(gpus, repository, config_name: str, min_cc: float) -> list[str]:
+    """KIND_GPU instance groups naming GPUs Triton will not use: absent from the host, or below its minimum compute
+    capability. Triton refuses such a model ("instance group ... specifies invalid or unsupported gpu id N",
+    core r24.10 model_config_utils.cc ValidateInstanceGroup); a group that names no GPU uses every usable one."""
+    by_index = {g.index: g for g in gpus}
+    usable = sorted(i for i, g in by_index.items() if not g.compute_cap or float(g.compute_cap) >= min_cc)
+    have = f"the host's GPUs are {', '.join(g.describe() for g in gpus)}"
+    fix = ("name only GPUs the host has in the model's instance_group `gpus` (or leave `gpus` out to use every GPU), "
+           "or give hosts of another kind their own configs/<name>.pbtxt and set triton_model_config_name")
+    config = f"configs/{config_name}.pbtxt" if config_name else "config.pbtxt"
+    problems = []
+    for model in repository.models.values():
+        for group in _gpu_groups(model):
+            named = list(group.gpus)
+            absent = [i for i in named if i not in by_index]
+            too_old = [i for i in named if i in by_index and i not in usable]
+            where = f"model {model.name}'s instance group {group.name or '(unnamed)'} ({config} of the model)"
+            if absent:
+                problems.append(f"{where} names GPU(s) {', '.join(map(str, absent))} but {have}: {fix}")
+            if too_old:
+                problems.append(f"{where} names GPU(s) {', '.join(map(str, too_old))}, below the minimum compute "
+                                f"capability {min_cc:g} Triton uses ({have}): {fix}")
+            if not named and not usable:
+                problems.append(f"{where} asks for every GPU but none reaches the minimum compute capability "
+                                f"{min_cc:g} Triton uses ({have}): use KIND_CPU or a newer GPU")
+    return problems
+
+
+def _driver_problems(gpus, gpu_models: list[str]) -> list[str]:
+    """GPUs whose driver cannot run the bundle's CUDA runtime, for KIND_GPU models."""
+    old = [g for g in gpus if g.driver and not driver_is_new_enough(g.driver)]
+    if not old:
+        return []
+    return [f"model(s) {', '.join(gpu_models)} ask for KIND_GPU instances but the host's NVIDIA driver "
+            f"{', '.join(sorted({g.driver for g in old}))} is older than {MIN_DRIVER_VERSION}, the oldest that runs "
+            f"the bundle's CUDA {BUNDLE_CUDA_VERSION} runtime (CUDA 12.x minor version compatibility, "
+            f"{CUDA_COMPATIBILITY_DOC}): install driver {FULL_FEATURE_DRIVER_VERSION} or newer (CUDA "
+            f"{BUNDLE_CUDA_VERSION}'s own; at least {MIN_DRIVER_VERSION}), or use KIND_CPU for these models"]
+
+
+def driver_note(gpus) -> str:
+    """A note for drivers that run the bundle's CUDA only through minor version compatibility ("" otherwise)."""
+    partial = sorted({g.driver for g in gpus if g.driver and driver_is_new_enough(g.driver)
+                      and not driver_is_new_enough(g.driver, FULL_FEATURE_DRIVER_VERSION)})
+    if not partial:
+        return ""
+    return (f"driver {', '.join(partial)} runs CUDA {BUNDLE_CUDA_VERSION} by minor version compatibility "
+            f"(CUDA {BUNDLE_CUDA_VERSION}'s own driver is {FULL_FEATURE_DRIVER_VERSION}; {CUDA_COMPATIBILITY_DOC})")
+
+
+def platform_problems(facts, bundle) -> list[str]:
+    """Reasons this host cannot run this bundle's binaries at all, from what the bundle recorded when it was built
+    (bundle.Platform) against the facts; a value either side does not know is not checked."""
+    need, problems = bundle.platform, []
+    if need.machine and facts.architectures and need.machine not in facts.architectures:
+        problems.append(f"the host's C library is for {', '.join(facts.architectures)} but bundle {bundle.bundle_id} "
+                        f"is built for {need.machine} (bin/tritonserver): it would fail with 'Exec format error'; "
+                        f"deploy to an {need.machine} host, or build a bundle from a Triton tree for "
+                        f"{facts.architectures[0]} (`invoke bundle --source DIR`, e.g. the NGC container's "
+                        "/opt/tritonserver for that architecture)")
+    if need.glibc and facts.glibc_version and not at_least(facts.glibc_version, need.glibc):
+        problems.append(f"the host's glibc is {facts.glibc_version} but bundle {bundle.bundle_id} needs GLIBC_"
+                        f"{need.glibc} ({need.glibc_by}): tritonserver would fail with \"version `GLIBC_{need.glibc}' "
+                        f"not found\"; use a host with glibc {need.glibc} or newer (Debian 12, Ubuntu 22.04) or a "
+                        "Triton tree built for an older glibc (`invoke bundle --source DIR`)")
+    if need.glibcxx and facts.glibcxx_version and not at_least(facts.glibcxx_version, need.glibcxx):
+        problems.append(f"the host's libstdc++ provides GLIBCXX_{facts.glibcxx_version} but bundle {bundle.bundle_id} "
+                        f"needs GLIBCXX_{need.glibcxx} ({need.glibcxx_by}): tritonserver would fail with "
+                        f"\"version `GLIBCXX_{need.glibcxx}' not found\"; use a host whose system libstdc++ is as new "
+                        f"(GCC 12's libstdc++.so.6.0.30 for GLIBCXX_3.4.30: Debian 12, Ubuntu 22.04)")
+    if need.numpy2 is False and facts.numpy_version and at_least(facts.numpy_version, "2"):
+        problems.append(f"the host's python3 finds numpy {facts.numpy_version} ({facts.numpy_path}) but the Python "
+                        f"backend of bundle {bundle.bundle_id} (Triton {bundle.triton_version}) was built before numpy "
+                        "2 support (it came with Triton 2.52, python_backend PR #384): models would load and every "
+                        "inference fail ('output tensor shape does not match size of output'); give python3 a numpy "
+                        "1.x, or build a bundle from a Triton 2.52 or newer tree (`invoke bundle --source DIR`)")
+    libpython = need.vendored_libpython(facts.python_version)
+    if libpython:
+        host_lib = f"libpython{facts.python_version}.so.1.0"
+        problems.append(f"bundle {bundle.bundle_id}'s stub for Python {facts.python_version} links {libpython}, a "
+                        f"libpython shipped in the bundle's lib/, not the host's {host_lib}: it does not find the "
+                        "host's standard library (every model fails with \"No module named '_struct'\" or "
+                        f"'numpy'); relink the stub to the host's (`patchelf --replace-needed {libpython} {host_lib} "
+                        f"python_backend_stubs/{facts.python_version}/{STUB_NAME}` in the Triton tree, then "
+                        "`invoke bundle --source DIR`) "
+                        "or use a host whose python3 the bundle has a stub for that links the host's libpython")
     return problems
 
 
@@ -210,6 +333,12 @@ PYTHON_SHM_GROWTH_BYTE_SIZE = 1 << 20
 # driver >= 525.60.13 (docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html).
 BUNDLE_CUDA_VERSION = "12.6"
 MIN_DRIVER_VERSION = "525.60.13"
+# CUDA 12.6 GA's own minimum (CUDA Toolkit release notes, table "CUDA Toolkit and Corresponding Driver Versions"):
+# below it, and from MIN_DRIVER_VERSION, CUDA 12.6 runs by minor version compatibility, without PTX JIT of newer code.
+FULL_FEATURE_DRIVER_VERSION = "560.28.03"
+CUDA_COMPATIBILITY_DOC = "https://docs.nvidia.com/deploy/cuda-compatibility/"
+MIN_COMPUTE_CAPABILITY = 6.0  # Triton ignores GPUs below it unless --min-supported-compute-capability says otherwise
+KIND_GPU = 1  # inference.ModelInstanceGroup.Kind
 PORT_FLAGS = {"http": ("--http-port", "triton_http_port"), "grpc": ("--grpc-port", "triton_grpc_port"),
               "metrics": ("--metrics-port", "triton_metrics_port")}
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
@@ -239,7 +368,12 @@ def python_shm_settings(argv: list[str]) -> dict:
     return settings
 
 
-def driver_is_new_enough(driver: str, minimum: str = MIN_DRIVER_VERSION) -> bool:
+def at_least(version: str, minimum: str) -> bool:
+    """Dotted versions compared part by part as numbers: "2.36" >= "2.35", "535.104.05" >= "525.60.13"."""
     def parts(v: str) -> tuple:
         return tuple(int(p) if p.isdigit() else 0 for p in v.strip().split("."))
-    return parts(driver) >= parts(minimum)
+    return parts(version) >= parts(minimum)
+
+
+def driver_is_new_enough(driver: str, minimum: str = MIN_DRIVER_VERSION) -> bool:
+    return at_least(driver, minimum)

@@ -19,7 +19,7 @@ import os
 import re
 import sys
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -553,7 +553,7 @@ def _read_config(folder: str, model_dir: Path, config_rel: Path, shown: _Collect
     """The parsed config.pbtxt and its text; without the file, the config Triton fills in by itself
     (autofill, on by default: src/model_repository_manager/model_repository_manager.cc:1597-1601) when a model
     file tells the backend."""
-    config_path = model_dir / CONFIG_NAME
+    config_path = model_dir.parent / config_rel
     if not config_path.is_file():
         if _triton_backend(ModelConfig(), model_dir, folder):
             return ModelConfig(name=folder), ""
@@ -578,9 +578,10 @@ def _read_config(folder: str, model_dir: Path, config_rel: Path, shown: _Collect
 
 
 def _check_model(folder: str, model_dir: Path, shown: _Collector, bad_links: set[Path],
-                 backends: Collection[str]) -> tuple[ModelInfo | None, str]:
-    """Validate one model folder; returns its info (None when the config is unusable) and the config text."""
-    config_rel = Path(folder) / CONFIG_NAME
+                 backends: Collection[str], config_file: str = CONFIG_NAME) -> tuple[ModelInfo | None, str]:
+    """Validate one model folder from its config.pbtxt (or `config_file`, a variant in configs/); returns its info
+    (None when the config is unusable) and the config text."""
+    config_rel = Path(folder) / config_file
     found = _version_folders(folder, model_dir, shown)
     if config_rel in bad_links:
         # reported with the symlinks; never read what lies outside the repository
@@ -920,7 +921,29 @@ def validate_repository(path: str | Path, backends: Collection[str] = DEFAULT_BA
         if info.backend == "ensemble" and models.get(info.name) is info:
             _check_ensemble(info, texts[info.path.name], models, broken, shown)
     _check_ensemble_cycles(models, texts, shown)
+    from tritonfleet.triton.smokespec import spec_problems  # each model's smoke spec against its config
+    for problem in spec_problems(models.values()):
+        shown.add(*problem)
 
     if shown.problems:
         raise ModelRepositoryError(path, shown.problems)
     return Repository(path=root, models=dict(sorted(models.items())), digest=repository_digest(root))
+
+
+def with_config_variant(repository: Repository, config_name: str,
+                        backends: Collection[str] = DEFAULT_BACKENDS) -> Repository:
+    """The repository as a server started with `--model-config-name=<config_name>` loads it: a model with
+    `configs/<config_name>.pbtxt` is validated from that file as from a config.pbtxt, the others keep their
+    config.pbtxt, as Triton falls back to it (src/model_repository_manager/model_repository_manager.cc:187-211,
+    GetModelConfigFullPath). Raises ModelRepositoryError listing every problem of the variants."""
+    shown = _Collector(repository.path)
+    variant = f"configs/{config_name}.pbtxt"
+    models = dict(repository.models)
+    for name, info in repository.models.items():
+        if (info.path / variant).is_file():
+            checked, _ = _check_model(info.path.name, info.path, shown, set(), backends, variant)
+            if checked is not None:
+                models[name] = checked
+    if shown.problems:
+        raise ModelRepositoryError(repository.path, shown.problems)
+    return replace(repository, models=models)
