@@ -57,7 +57,8 @@ class RolloutResult:
                 "runs": [r.as_dict() for r in self.runs]}
 
 
-def _error_of(run: HostRun) -> str:
+def error_of(run: HostRun) -> str:
+    """Why a host's run failed, in one line: its own error, or the last failed step and its message."""
     if run.error:
         return run.error
     failed = [s for s in run.steps if s["status"] == "failed"]
@@ -123,7 +124,7 @@ class _Rollout:
         elif run.unreachable:
             outcome.state, outcome.error = "unreachable", run.error
         elif run.failed:
-            outcome.state, outcome.error = "failed", _error_of(run)
+            outcome.state, outcome.error = "failed", error_of(run)
             if run.release_before and run.counts["changed"]:
                 outcome.state, outcome.release_after = self._roll_back(host, run)
         return outcome

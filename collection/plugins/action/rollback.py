@@ -1,0 +1,9 @@
+"""tritonfleet.triton.rollback: runs on the controller; options and results in plugins/modules/rollback.py."""
+
+from __future__ import annotations
+
+from ansible_collections.tritonfleet.triton.plugins.plugin_utils.engine_action import EngineAction
+
+
+class ActionModule(EngineAction):
+    ACTION = "rollback"

@@ -1,0 +1,9 @@
+"""tritonfleet.triton.sync_models: runs on the controller; options and results in plugins/modules/sync_models.py."""
+
+from __future__ import annotations
+
+from ansible_collections.tritonfleet.triton.plugins.plugin_utils.engine_action import EngineAction
+
+
+class ActionModule(EngineAction):
+    ACTION = "sync_models"
