@@ -107,7 +107,7 @@ def test_changed_model_loads_without_restart_and_no_request_fails(deployed, inve
     assert server_pid() == pid
     # only the changed file crossed the network (hard links from the live version for the rest)
     sent_files = [f for f in steps["model_repository"]["data"]["files"] if not f.endswith("/")]
-    assert sent_files == ["add_sub/1/model.py", "add_sub/smoke.yaml"]
+    assert sorted(sent_files) == ["add_sub/1/model.py", "add_sub/smoke.yaml"]
     print(f"bytes sent for the one-file change: {report['hosts'][0]['bytes_sent']}")
 
 
@@ -162,7 +162,8 @@ def test_models_diff_shows_what_a_sync_would_change(deployed, inventory, tmp_pat
     proc, report = invoke(inventory, "models.diff", "--models", str(repo))
     assert proc.returncode == 0, proc.stderr[-2000:]
     host = report["hosts"][0]
-    assert host["changed"] == {"add_sub": ["1/model.py (changed)", "smoke.yaml (changed)"]}
+    assert {m: sorted(files) for m, files in host["changed"].items()} == {
+        "add_sub": ["1/model.py (changed)", "smoke.yaml (changed)"]}
     assert host["removed"] == ["str_upper"]
     live = ssh(ADDRESS, "readlink /srv/tritonfleet/models").stdout
     proc, _ = invoke(inventory, "sync-models", "--models", str(repo))

@@ -144,8 +144,10 @@ def models_reload(ctx, args) -> Outcome:
     if failures:
         switch_link(ctx, models_path, previous)
         ctx.facts.live_models = previous
-        restored = ctx.server.control(unload=[m for m in changed if m not in old],
-                                      load=[m for m in failures if m in old])
+        # A failed model that still loaded (it answers wrong) is unloaded first: Triton reloads a loaded model only
+        # when its files look newer, and the previous version's are older.
+        back = [m for m in failures if m in old]
+        restored = ctx.server.control(unload=[m for m in changed if m not in old] + back, load=back)
         detail = "; ".join(f"model '{m}': {why}" for m, why in failures.items())
         note = "previous version restored" + (f" (restore failed: {restored})" if restored else "")
         return Outcome(failed=True, msg=f"{detail}; {note}")
