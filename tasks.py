@@ -103,6 +103,8 @@ def rollout(c, group=None, host=None, canary=None, batch=None, max_fail=None, fo
                         vault_password_file=vault_password_file, ask_vault_pass=ask_vault_pass)
 
 
+rotate_api_key = _playbook_task("rotate-api-key", "rotate-api-key.yml",
+                                "Give hosts a new key for Triton's restricted APIs and restart tritonserver.")
 rollback = _playbook_task("rollback", "rollback.yml", "Switch hosts back to their previous release and smoke-test it.")
 
 
@@ -170,8 +172,8 @@ def lab_status(c):
     cli.lab_status_command(c.config)
 
 
-ns = Collection(deploy, provision, sync_models, start, smoke, rollout, rollback, fleet_status, bundle, doctor,
-                inventory_show)
+ns = Collection(deploy, provision, sync_models, start, smoke, rollout, rollback, rotate_api_key, fleet_status, bundle,
+                doctor, inventory_show)
 ns.add_collection(Collection("lab", lab_up, lab_down, lab_status))
 ns.add_collection(Collection("models", models_diff))
 ns.configure({"tritonfleet": options.CONFIG_DEFAULTS})

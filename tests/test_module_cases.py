@@ -215,6 +215,6 @@ def test_the_deploy_playbook_in_check_mode_on_a_fresh_host_only_reads():
     assert {s["status"] for s in run.steps} == {"ok", "changed", "skipped"}, run.steps
     assert [s["module"] for s in run.steps if s["status"] == "changed"] == [
         "packages", "system_user", "triton_release", "python_stub", "triton_link", "model_repository", "models_link",
-        "template", "systemd", "systemd", "systemd"]
+        "triton_api_key", "template", "systemd", "systemd", "systemd"]
     assert [c.split()[0] for c in conn.commands] == ["rsync", "cat"]
     assert "--dry-run" in conn.commands[0].split()

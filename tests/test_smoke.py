@@ -245,7 +245,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 class Server:
-    def __init__(self, root: Path, repository: Path, log: Path):
+    def __init__(self, root: Path, repository: Path, log: Path, args=()):
         self.http_port, self.grpc_port, self.metrics_port = _free_ports(3)
         self.log = log
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
@@ -260,7 +260,7 @@ class Server:
                "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
                f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
                f"--metrics-port={self.metrics_port}",
-               "--exit-on-error=false", "--exit-timeout-secs=5"]
+               "--exit-on-error=false", "--exit-timeout-secs=5", *args]
         self._logf = open(log, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
@@ -283,8 +283,8 @@ class Server:
 def start_server(triton_root, tmp_path):
     servers: list[Server] = []
 
-    def start(repository: Path) -> Server:
-        server = Server(triton_root, repository, tmp_path / f"tritonserver-{len(servers)}.log")
+    def start(repository: Path, args=()) -> Server:
+        server = Server(triton_root, repository, tmp_path / f"tritonserver-{len(servers)}.log", args)
         servers.append(server)
         return server
 

@@ -179,13 +179,20 @@ def status_command(opts: Options) -> None:
         raise CommandFailed(1)
 
 
+class _RedactingConsole(Console):
+    """A console that prints no secret: the doctor shows the host's evidence, which may hold the API key."""
+
+    def print(self, *objects, **kwargs) -> None:
+        super().print(*(redact(o) for o in objects), **kwargs)
+
+
 @command
 def doctor_command(opts: Options) -> None:
     """Diagnose hosts (and with --fix, repair what is safe); exit 1 while any error finding remains."""
     from tritonfleet.fleet.run import checked_host_vars
     from tritonfleet.triton import doctor
     hosts = _hosts(opts)
-    out = Console(stderr=opts.json, highlight=False, soft_wrap=True)
+    out = _RedactingConsole(stderr=opts.json, highlight=False, soft_wrap=True)
     reports = doctor.run_doctor(hosts, checked_host_vars(hosts, _command_vars(opts, hosts)), fix=opts.fix,
                                 progress=lambda h, msg: console.print(f"  {h} [dim]… {msg}[/dim]"))
     for r in reports:
@@ -205,7 +212,7 @@ def doctor_command(opts: Options) -> None:
         if r.error:  # the doctor could not finish: before or during the fixes
             out.print(f"[bold red]{r.host}: FAILED[/bold red] the doctor could not finish: {escape(r.error)}")
     if opts.json:
-        json.dump({"ok": not any(r.failed for r in reports), "hosts": [r.as_dict() for r in reports]},
+        json.dump(redact_data({"ok": not any(r.failed for r in reports), "hosts": [r.as_dict() for r in reports]}),
                   sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     if any(r.failed for r in reports):

@@ -245,3 +245,7 @@ class HostContext:
                 raise RuntimeError("this run has no server client")
             self._server = self._connect_server(self)
         return self._server
+
+    def forget_server(self) -> None:
+        """Drop the server client, so the next call makes one from what changed since (a new API key)."""
+        self._server = None

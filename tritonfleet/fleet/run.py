@@ -23,7 +23,7 @@ from tritonfleet.engine.spec import HostContext
 from tritonfleet.engine.varspec import checked_vars
 from tritonfleet.errors import TritonfleetError
 from tritonfleet.modules import MODULES
-from tritonfleet.triton import layout
+from tritonfleet.triton import apikey, layout
 from tritonfleet.triton.facts import gather_facts
 from tritonfleet.triton.endpoint import endpoint_for
 from tritonfleet.triton.server import ServerClient
@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # loaded only by the runs that need them
     from tritonfleet.triton.models import Repository
 
 MAGIC_VARS = {"facts", "inventory_hostname", "inventory_dir", "group_names", "triton_server_args",
+              "triton_restricted_args", "triton_api_key_file",
               "triton_root", "triton_unit_path", "triton_packages", "bundle", "repository"}
 
 
@@ -43,6 +44,8 @@ def host_vars(host: Host, extra_vars: dict) -> dict:
     origins = {var: origin for var, origin in host.origins.items() if var not in extra_vars}
     merged = checked_vars(merged, layout.VAR_TYPES, host.name, origins)
     merged["triton_server_args"] = layout.server_args(merged)
+    merged["triton_restricted_args"] = apikey.restricted_args(merged["triton_restricted_apis"])
+    merged["triton_api_key_file"] = apikey.KEY_FILE
     merged["triton_root"] = layout.TRITON_ROOT
     merged["triton_unit_path"] = layout.UNIT_PATH
     return merged
@@ -157,8 +160,9 @@ def run_playbook(playbook_path: str | Path, hosts: list[Host], options: RunOptio
 
 
 def connect_server(ctx: HostContext) -> ServerClient:
-    """The host's server as the control machine reaches it (through SSH forwards for a loopback-bound one)."""
-    return ServerClient(endpoint_for(ctx.host.address, ctx.vars, ctx.conn))
+    """The host's server as the control machine reaches it (through SSH forwards for a loopback-bound one), with
+    the host's API key for the restricted calls."""
+    return ServerClient(endpoint_for(ctx.host.address, ctx.vars, ctx.conn), api_key=ctx.facts.api_key)
 
 
 def _run_host(book, ctx: HostContext, run: HostRun, options: RunOptions, reporter: Reporter) -> None:

@@ -41,7 +41,7 @@ def host_status(host, conn, hostvars: dict) -> HostStatus:
     status.restarts = int(facts.service.get("NRestarts") or 0)
     status.gpus = [gpu.describe() for gpu in facts.gpus]
     if status.service == "active":
-        server = ServerClient(endpoint_for(host.address, hostvars, conn))
+        server = ServerClient(endpoint_for(host.address, hostvars, conn), api_key=facts.api_key)
         status.triton_version, status.models = server.version(), server.model_states()
     return status
 

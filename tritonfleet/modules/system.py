@@ -5,12 +5,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 
+from tritonfleet import secrets
 from tritonfleet.engine.packages import install_command
 from tritonfleet.engine.jinja import RenderError, render_text
 from tritonfleet.engine.playbook import template_path
 from tritonfleet.engine.spec import Arg, Outcome, module
 from tritonfleet.modules.common import q, would
-from tritonfleet.triton import layout
+from tritonfleet.triton import apikey, layout
 
 
 @module(args={"name": Arg("str", required=True)})
@@ -96,3 +97,28 @@ def systemd(ctx, args) -> Outcome:
         ctx.conn.run(" && ".join(cmd for _, cmd in actions), timeout=120)
         ctx.facts.service_stale = True
     return would(ctx, ", ".join(what for what, _ in actions))
+
+
+@module(args={"rotate": Arg("bool", default=False)})
+def triton_api_key(ctx, args) -> Outcome:
+    """The key for Triton's restricted APIs in a root-only file on the host: the var `triton_api_key` when given,
+    else the key already there, else (or with `rotate`) a new random one. It never touches this machine's disk;
+    the run's later server calls send the new key (the server takes it at its next restart: notify it)."""
+    given, current = ctx.vars.get("triton_api_key") or "", ctx.facts.api_key
+    if given and args["rotate"]:
+        return Outcome(failed=True, msg="the key comes from the var triton_api_key: to rotate it, change the var "
+                                        "and run `invoke start`")
+    if current and (current == given or not (given or args["rotate"])):
+        return Outcome(msg=f"{apikey.KEY_FILE} in place")
+    key = given or apikey.new_key()
+    secrets.register([key])
+    if not ctx.check:
+        # on stdin, not in the command: a command line is visible to every user of both machines while it runs
+        tmp = f"{apikey.KEY_FILE}.tritonfleet-tmp"
+        ctx.conn.run(f"install -d -m 0755 -o root -g root {q(apikey.KEY_DIR)} && (umask 077 && cat > {q(tmp)}) && "
+                     f"chown root:root {q(tmp)} && mv -f {q(tmp)} {q(apikey.KEY_FILE)}",
+                     stdin=apikey.env_file_text(key))
+        ctx.facts.api_key = key
+        ctx.forget_server()
+    what = "a new key" if not current else "the key from triton_api_key" if given else "a rotated key"
+    return would(ctx, f"write {what} to {apikey.KEY_FILE} (root only)")

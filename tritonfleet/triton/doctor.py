@@ -16,8 +16,8 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field
 
-from tritonfleet.triton import signatures
-from tritonfleet.triton import layout
+from tritonfleet import secrets
+from tritonfleet.triton import apikey, layout, signatures
 from tritonfleet.engine import evidence
 from tritonfleet.engine.executor import for_each_host
 from tritonfleet.engine.packages import install_command
@@ -58,7 +58,7 @@ done
 
 _SCRIPT = evidence.script(
     evidence.PYTHON_VERSION, evidence.PKG_MGR, evidence.systemd_unit(layout.SERVICE, SERVICE_PROPERTIES),
-    evidence.DISKS, evidence.gpus(timeout_s=20), _TRITON_PROBES,
+    evidence.DISKS, evidence.gpus(timeout_s=20), _TRITON_PROBES, apikey.READ_COMMAND,
 )
 
 
@@ -146,7 +146,11 @@ def evidence_command(hostvars: dict) -> str:
 
 
 def parse_evidence(output: str) -> Evidence:
+    """The host's evidence; the API keys in it (the key file's, the running server's argv) registered as
+    secrets before any finding can show them."""
     out = evidence.parse_output(output)
+    argv = " ".join(out.sections.get("cmdline", "").split())
+    secrets.register([out.value("api_key"), *apikey.keys_in_cmdline(argv)])
     configs = {name[len("config "):]: text for name, text in out.sections.items() if name.startswith("config ")}
     sections = {name: text for name, text in out.sections.items() if not name.startswith("config ")}
     return Evidence(evidence.parse_host(out), {key: values[-1] for key, values in out.values.items()}, sections,
@@ -507,7 +511,7 @@ CHECKS = (check_service, check_layout, check_backend_directory, check_stub, chec
 
 def server_of(conn, host, c: _Context) -> ServerClient:
     """The server the host runs, where it listens (through SSH forwards when bound to the host's loopback)."""
-    return ServerClient(endpoint_for(host.address, c.server_vars(), conn))
+    return ServerClient(endpoint_for(host.address, c.server_vars(), conn), api_key=c.ev.values.get("api_key", ""))
 
 
 def diagnose(conn, host, hostvars: dict, *, index_timeout: float = 3.0, server: ServerClient | None = None) -> Diagnosis:

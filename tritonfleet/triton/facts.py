@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from tritonfleet import secrets
 from tritonfleet.engine import evidence
-from tritonfleet.triton import releases
-from tritonfleet.triton import layout
+from tritonfleet.triton import apikey, layout, releases
 
 # What a deploy needs beyond the generic probes: the user, releases, stub, models, history, unit and server argv
 # ($main_pid from the systemd_unit fragment). Performance-critical (the no-op deploy's whole cost is a few
@@ -51,7 +51,7 @@ SERVICE_PROPERTIES = ("ActiveState", "SubState", "MainPID", "UnitFileState", "NR
 _SCRIPT = evidence.script(
     evidence.OS_RELEASE, evidence.INIT, evidence.PYTHON_VERSION, evidence.NUMPY, evidence.PKG_MGR,
     evidence.INSTALLED_PACKAGES, evidence.LIBSTDCXX, evidence.gpus(), evidence.DISKS,
-    evidence.systemd_unit(layout.SERVICE, SERVICE_PROPERTIES), _TRITON_PROBES,
+    evidence.systemd_unit(layout.SERVICE, SERVICE_PROPERTIES), _TRITON_PROBES, apikey.READ_COMMAND,
 )
 
 
@@ -86,6 +86,7 @@ class Facts:
     service: dict = field(default_factory=dict)  # ActiveState, SubState, MainPID, UnitFileState, ...
     server_cmdline: str = ""  # the running tritonserver's command line
     service_stale: bool = False  # set once this run changed the unit or the service: ask systemd again
+    api_key: str = field(default="", repr=False)  # the host's key for Triton's restricted APIs ("" when none)
 
     @property
     def server_mode(self) -> str:
@@ -100,6 +101,7 @@ class Facts:
     def as_dict(self) -> dict:
         data = asdict(self)
         data["packages"] = sorted(self.packages)
+        del data["api_key"]  # a secret: the vars and reports never carry it
         return data
 
     @property
@@ -124,7 +126,10 @@ def gather_command(triton_user: str, models_path: str) -> str:
 
 
 def parse_facts(output: str) -> Facts:
+    """The facts in the probes' output; the API keys found (the key file's, the running server's) are registered
+    as secrets before anything can print them."""
     out = evidence.parse_output(output)
+    secrets.register([out.value("api_key"), *apikey.keys_in_cmdline(out.value("server_cmdline"))])
     host = evidence.parse_host(out)
     return Facts(
         os_id=host.os_id, os_version=host.os_version, os_name=host.os_name, init=host.init,
@@ -139,6 +144,7 @@ def parse_facts(output: str) -> Facts:
         models_is_unmanaged=out.value("models_is_unmanaged") == "yes", model_repos=out.every("model_repo"),
         history=[r for line in out.every("history") for r in releases.parse_history(line)],
         unit_sha256=out.value("unit_sha256"), server_cmdline=out.value("server_cmdline"),
+        api_key=out.value("api_key"),
     )
 
 

@@ -13,6 +13,7 @@ from pathlib import PurePosixPath
 
 from tritonfleet.engine import varspec
 from tritonfleet.errors import TritonfleetError
+from tritonfleet.triton import apikey
 from tritonfleet.paths import REPO_ROOT
 from tritonfleet.triton.models import SHELL_SAFE, ModelRepositoryError, with_config_variant
 
@@ -48,6 +49,9 @@ DEFAULT_VARS = {
     "triton_ready_timeout": 180,
     "triton_keep_releases": 3,
     "triton_model_config_name": "",  # unset: every model's config.pbtxt
+    "triton_restricted_apis": list(apikey.DEFAULT_RESTRICTED_APIS),  # only callers with the host's key reach them
+    "triton_api_key": "",  # unset: generated on the host at the first deploy (triton_api_key module)
+    "triton_allow_metrics": True,
 }
 
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
@@ -91,6 +95,10 @@ VAR_TYPES = {
     "triton_model_config_name": varspec.optional(varspec.text(
         CONFIG_NAME, "a config name of letters, digits, '_', '.' and '-' (selects <model>/configs/<name>.pbtxt "
                      "where a model has one), e.g. h100", "not a config file name")),
+    "triton_restricted_apis": varspec.text_list(varspec.choice(*apikey.RESTRICTABLE_APIS)),
+    "triton_api_key": varspec.optional(varspec.text(
+        apikey.KEY_PATTERN, "16 to 256 letters, digits, '_' and '-'", "not a usable API key")),
+    "triton_allow_metrics": varspec.BOOLEAN,
     # a list only: `[]` manages the packages yourself (fleet/run.py reads it as given)
     "triton_packages": varspec.text_list(varspec.text(PACKAGE_NAME, "package names", "not a package name")),
 }
@@ -136,6 +144,8 @@ def server_args(v: dict) -> list[str]:
     ]
     if mode == "explicit":
         args.append("--load-model=*")
+    if not v["triton_allow_metrics"]:
+        args.append("--allow-metrics=false")
     if v["triton_backend_directory"]:
         args.append(f"--backend-directory={v['triton_backend_directory']}")
     if v["triton_model_config_name"]:

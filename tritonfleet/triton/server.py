@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from tritonfleet.triton import apikey
 from tritonfleet.triton.endpoint import Endpoint, short_error
 
 # Smoke and readiness traffic goes straight to the host, whatever http_proxy the environment sets.
@@ -21,16 +22,21 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class ServerClient:
-    """Calls to one server over its HTTP API; every call bounded by `timeout` seconds."""
+    """Calls to one server over its HTTP API; every call bounded by `timeout` seconds.
 
-    def __init__(self, endpoint: Endpoint, timeout: float = 5.0):
-        self.endpoint, self.timeout = endpoint, timeout
+    `api_key` opens the APIs the host restricts (triton_restricted_apis): it goes with every call.
+    """
+
+    def __init__(self, endpoint: Endpoint, timeout: float = 5.0, api_key: str = ""):
+        self.endpoint, self.timeout, self.api_key = endpoint, timeout, api_key
 
     def request(self, path: str, body: bytes | None = None, timeout: float | None = None) -> tuple[int, bytes]:
         """(HTTP status, body) of a GET, or a POST when body is given; raises OSError when nothing answers."""
+        headers = apikey.http_headers(self.api_key)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         req = urllib.request.Request(self.endpoint.http_url + path, data=body,
-                                     method="POST" if body is not None else "GET",
-                                     headers={"Content-Type": "application/json"} if body is not None else {})
+                                     method="POST" if body is not None else "GET", headers=headers)
         try:
             with _NO_PROXY.open(req, timeout=timeout or self.timeout) as resp:
                 return resp.status, resp.read(1 << 22)
@@ -137,4 +143,4 @@ class ServerClient:
         """Every model's real inference over HTTP and gRPC (tritonfleet.triton.smoke), answers compared with
         `specs` (model -> its smoke spec, tritonfleet.triton.smokespec) where a model has one."""
         from tritonfleet.triton.smoke import smoke_test  # tritonclient, grpc and numpy load only when asked
-        return smoke_test(self.endpoint, timeout_s=timeout_s, specs=specs)
+        return smoke_test(self.endpoint, timeout_s=timeout_s, specs=specs, api_key=self.api_key)

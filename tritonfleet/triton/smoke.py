@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from tritonfleet.triton import apikey
 from tritonfleet.triton.endpoint import Endpoint, short_error
 from tritonfleet.triton.smokespec import FLOAT_TYPES, INT_RANGES, SmokeSpec, Tensor, numpy_dtype
 
@@ -312,11 +313,13 @@ def _datatype_problems(result: Any, protocol: str, declared: Mapping[str, str], 
 
 
 class _Clients:
-    def __init__(self, endpoint: Endpoint, timeout_s: float):
+    """tritonclient's HTTP and gRPC clients; `api_key` opens the repository index where the host restricts it."""
+
+    def __init__(self, endpoint: Endpoint, timeout_s: float, api_key: str = ""):
         import tritonclient.grpc as grpcclient
         import tritonclient.http as httpclient
 
-        self.timeout_s = timeout_s
+        self.timeout_s, self.api_key = timeout_s, api_key
         self.http = httpclient.InferenceServerClient(
             f"{endpoint.host}:{endpoint.http_port}", connection_timeout=timeout_s, network_timeout=timeout_s)
         self.grpc = grpcclient.InferenceServerClient(f"{endpoint.host}:{endpoint.grpc_port}",
@@ -341,9 +344,10 @@ class _Clients:
 
     def index(self) -> list[dict]:
         try:
-            return list(self.http.get_model_repository_index())
+            return list(self.http.get_model_repository_index(headers=apikey.http_headers(self.api_key)))
         except Exception:
-            answer = self.grpc.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+            answer = self.grpc.get_model_repository_index(headers=apikey.grpc_headers(self.api_key), as_json=True,
+                                                          client_timeout=self.timeout_s)
             return list(answer.get("models", []))
 
     def metadata_and_config(self, protocol: str, name: str, version: str) -> tuple[dict, dict]:
@@ -474,7 +478,7 @@ def _smoke_model(clients: _Clients, entry: dict, spec: SmokeSpec | None = None) 
 
 
 def smoke_test(endpoint: Endpoint, timeout_s: float = 30.0,
-               specs: Mapping[str, SmokeSpec] | None = None) -> SmokeReport:
+               specs: Mapping[str, SmokeSpec] | None = None, api_key: str = "") -> SmokeReport:
     """Smoke-test the Triton server at `endpoint`; never raises for server-side problems.
 
     `specs` (model name -> its smoke spec) give a model's inputs and the answer it must return. `timeout_s`
@@ -484,7 +488,7 @@ def smoke_test(endpoint: Endpoint, timeout_s: float = 30.0,
     report = SmokeReport(address=str(endpoint))
     specs = specs or {}
     try:
-        clients = _Clients(endpoint, timeout_s)
+        clients = _Clients(endpoint, timeout_s, api_key)
     except Exception as exc:
         report.error = f"cannot create clients: {short_error(exc)}"
         return report
