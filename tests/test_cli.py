@@ -9,11 +9,13 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 
 import pytest
 
 from labkit import fault_log, invoke_here as invoke, local_inventory, show  # noqa: F401  (fixture)
+from tritonfleet.paths import REPO_ROOT
 
 AREA = "Bad input (control machine)"
 HOSTS = tuple(f"gpu{i:02d}" for i in range(1, 11))
@@ -149,6 +151,18 @@ def test_json_errors_are_a_json_object_on_stdout(tmp_path, task):
     expected = {"ok": False, "error": "--host is empty", "hint": "give it a value, or leave it out",
                 "file": None, "line": None}
     assert json.loads(proc.stdout) == expected, show(proc)
+
+
+def test_json_error_lists_every_problem_of_a_refused_model_repository(tmp_path):
+    repo = tmp_path / "models"
+    shutil.copytree(REPO_ROOT / "examples" / "models", repo)
+    (repo / "add_sub" / "config.pbtxt").write_text('name: "add_sub"\nbackend: "python"\nmax_batch_size: -5\n')
+    proc = invoke("deploy", "--inventory", local_inventory(tmp_path / "hosts.yml"), "--models", str(repo), "--check",
+                  "--json")
+    refused(proc, "max_batch_size")
+    problems = json.loads(proc.stdout)["problems"]
+    assert [(p["model"], p["line"]) for p in problems] == [("add_sub", 3)], problems
+    assert str(repo / "add_sub" / "config.pbtxt") in problems[0]["file"]
 
 
 def test_json_error_names_the_file_and_the_fix(tmp_path, fault_log):

@@ -209,7 +209,8 @@ def test_malformed_config_is_refused_before_anything_is_pushed(first_deploy, tmp
     before = on_host("find /srv/tritonfleet/models/ -newer /etc/hostname -printf '%p %T@\\n' | sort | sha256sum")
     pid = server_pid()
     proc, report = deploy("--models", str(repo), check_exit=2)
-    assert report["ok"] is False and "add_sub" in json.dumps(report)  # --json: the input error as JSON
+    problem = report["problems"][0]  # --json: the input error as JSON, every problem with its file and line
+    assert report["ok"] is False and problem["model"] == "add_sub" and problem["line"] == 4
     assert "config.pbtxt:4" in proc.stderr and "add_sub" in proc.stderr
     assert on_host("find /srv/tritonfleet/models/ -newer /etc/hostname -printf '%p %T@\\n' | sort | sha256sum") == before
     assert server_pid() == pid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -40,7 +41,8 @@ def command(fn):
             return fn(opts, *args)
         except TritonfleetError as exc:
             _print_error(str(exc))
-            _print_json_error(json_output, exc.message, exc.hint, exc.file, exc.line)
+            _print_json_error(json_output, exc.message, exc.hint, exc.file, exc.line,
+                              problems=[dataclasses.asdict(p) for p in getattr(exc, "problems", [])])
             raise CommandFailed(2) from None
         except OSError as exc:  # a local file the run needs cannot be read (model repository, key, bundle)
             what = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
@@ -61,9 +63,13 @@ def _print_error(text: str) -> None:
 
 
 def _print_json_error(json_output: bool, error: str, hint: str | None = None, file: str | None = None,
-                      line: int | None = None) -> None:
+                      line: int | None = None, problems: list | None = None) -> None:
+    """With --json, the error as one object on stdout; a model repository's refusal lists every problem (file,
+    line, model, message, hint), as stderr does."""
     if json_output:
         report = {"ok": False, "error": error, "hint": hint, "file": file, "line": line}
+        if problems:
+            report["problems"] = problems
         print(json.dumps(redact_data(report), indent=2, default=str))
 
 
@@ -221,8 +227,6 @@ def doctor_command(opts: Options) -> None:
 
 @command
 def models_diff_command(opts: Options) -> None:
-    import dataclasses
-
     from tritonfleet.fleet.modeldiff import diff_hosts
     from tritonfleet.fleet.run import checked_host_vars
     from tritonfleet.triton.models import validate_repository
