@@ -28,11 +28,10 @@ import jinja2.meta
 import yaml
 from jinja2 import nodes
 
+from tritonfleet.engine.varspec import boolean
 from tritonfleet.errors import TritonfleetError
 
 # Ansible's booleans (module_utils/parsing/convert_bool.py): text compared lower-cased and stripped
-BOOLEANS_TRUE = frozenset(("y", "yes", "on", "1", "true", "t", 1, 1.0))
-BOOLEANS_FALSE = frozenset(("n", "no", "off", "0", "false", "f", 0, 0.0))
 LIST_MERGES = ("replace", "keep", "append", "prepend", "append_rp", "prepend_rp")
 VERSION_OPERATORS = {"==": operator.eq, "=": operator.eq, "eq": operator.eq, "<": operator.lt, "lt": operator.lt,
                      "<=": operator.le, "le": operator.le, ">": operator.gt, "gt": operator.gt, ">=": operator.ge,
@@ -64,19 +63,6 @@ def systemd_quote(value) -> str:
         return text
     text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{text}"'
-
-
-def boolean(value) -> bool | None:
-    """Ansible's boolean(): True or False for its words and numbers, None for any other value."""
-    if isinstance(value, bool):
-        return value
-    key = value.strip().lower() if isinstance(value, str) else value
-    if isinstance(key, (str, int, float)):
-        if key in BOOLEANS_TRUE:
-            return True
-        if key in BOOLEANS_FALSE:
-            return False
-    return None
 
 
 def to_bool(value):

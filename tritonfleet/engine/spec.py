@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from tritonfleet.engine.connection import CommandResult, HostConnection
 from tritonfleet.engine.inventory import Host
+from tritonfleet.engine.varspec import boolean
 from tritonfleet.errors import TritonfleetError
 
 
@@ -60,9 +61,6 @@ class ArgumentError(TritonfleetError):
         self.arg = arg
 
 
-# Ansible's booleans (module_utils.parsing.convert_bool), strings compared case-insensitively.
-TRUE_WORDS = ("yes", "on", "true", "1", "y", "t")
-FALSE_WORDS = ("no", "off", "false", "0", "n", "f")
 EXPECTED = {"str": "a string", "path": "a non-empty path", "int": "an integer", "float": "a number",
             "bool": "a boolean (yes/no, true/false, on/off, 1/0)", "list": "a list", "dict": "a mapping"}
 
@@ -91,12 +89,9 @@ def converted(type_name: str, value):
             except ValueError:
                 pass
     elif type_name == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (int, str)):
-            word = str(value).strip().lower()
-            if word in TRUE_WORDS or word in FALSE_WORDS:
-                return word in TRUE_WORDS
+        result = boolean(value)
+        if result is not None:
+            return result
     elif isinstance(value, {"list": list, "dict": dict}[type_name]):
         return value
     raise ValueError(f"not {EXPECTED[type_name]}")

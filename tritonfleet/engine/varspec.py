@@ -81,14 +81,25 @@ def whole_number(low: int | None = None, high: int | None = None, allowed: str =
     return VarType(allowed, read)
 
 
-def _read_boolean(value) -> bool:
+def boolean(value) -> bool | None:
+    """Ansible's boolean (module_utils/parsing/convert_bool.py): True or False for its words (any case) and
+    numbers, None for any other value. Vars, module arguments and the `bool` filter all read booleans here."""
+    if isinstance(value, bool):
+        return value
     key = value.strip().lower() if isinstance(value, str) else value
     if isinstance(key, (str, int, float)):
         if key in BOOLEANS_TRUE:
             return True
         if key in BOOLEANS_FALSE:
             return False
-    raise ValueError("" if isinstance(value, str) else f"{yaml_kind(value)}, not a boolean")
+    return None
+
+
+def _read_boolean(value) -> bool:
+    result = boolean(value)
+    if result is None:
+        raise ValueError("" if isinstance(value, str) else f"{yaml_kind(value)}, not a boolean")
+    return result
 
 
 BOOLEAN = VarType("a boolean: true/false, yes/no, on/off, y/n, t/f or 1/0, in any case", _read_boolean)
