@@ -108,17 +108,22 @@ def line_of(node, key=None) -> int | None:
     return getattr(node, "line", None)
 
 
-def load_yaml(path: str | Path, error_class=TritonfleetError):
-    """Parse a YAML file; a syntax error becomes `error_class` with the file and line."""
-    path = Path(path)
+def read_text(path: Path, error_class=TritonfleetError, what: str = "YAML file") -> str:
+    """A text file's content; one that cannot be read, or is not UTF-8, is `error_class` naming the file."""
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as exc:
         raise error_class(f"cannot read: {exc.strerror}", file=str(path),
                           hint="check the path and its permissions") from None
     except UnicodeDecodeError:
         raise error_class("not a text file (it is not UTF-8)", file=str(path),
-                          hint="name the YAML file, not a binary one") from None
+                          hint=f"name the {what}, not a binary one") from None
+
+
+def load_yaml(path: str | Path, error_class=TritonfleetError):
+    """Parse a YAML file; a syntax error becomes `error_class` with the file and line."""
+    path = Path(path)
+    text = read_text(path, error_class)
     encrypted = vault.is_encrypted(text)
     if encrypted:
         try:

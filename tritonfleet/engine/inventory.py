@@ -51,7 +51,7 @@ from tritonfleet.engine.inventory_script import NotExecutable, read_script_inven
 from tritonfleet.engine.inventory_yaml import SSH_WORD, check_host_name, read_yaml_inventory
 from tritonfleet.errors import InventoryError
 from tritonfleet.paths import REPO_ROOT
-from tritonfleet.yamlfile import line_of, load_yaml
+from tritonfleet.yamlfile import line_of, load_yaml, read_text
 
 VARS_FILE_EXTENSIONS = ("", ".yml", ".yaml", ".json")  # Ansible's, in the order it looks for them
 YAML_EXTENSIONS = ("", ".yml", ".yaml", ".json")  # the files Ansible's yaml plugin reads
@@ -464,7 +464,7 @@ def _read_file(path: Path, data: InventoryData) -> None:
         if content is None and yaml_error is None:
             raise InventoryError("inventory is empty", file=str(path),
                                  hint="add at least `all: {hosts: {NAME: {ansible_host: ADDRESS}}}`")
-    text = _read_text(path)
+    text = read_text(path, InventoryError, "inventory file")
     if vault.is_encrypted(text):  # not decrypted by load_yaml (no password), or decrypted to INI
         raise yaml_error or InventoryError("an INI inventory encrypted with Ansible Vault is not read",
                                            file=str(path), line=1, hint="encrypt values in a YAML inventory "
@@ -480,18 +480,6 @@ def _read_file(path: Path, data: InventoryData) -> None:
         raise yaml_error or InventoryError("inventory must be a mapping of group names", file=str(path),
                                            line=line_of(content) or 1,
                                            hint="start with `all:` and put `hosts:`, `vars:`, `children:` under it")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InventoryError(f"cannot read: {exc.strerror}", file=str(path),
-                             hint="check the path and its permissions") from None
-    except UnicodeDecodeError:
-        raise InventoryError("not a text file (it is not UTF-8)", file=str(path),
-                             hint="name the inventory file, not a binary one") from None
-    return text
 
 
 def _looks_like_ini(text: str) -> bool:
