@@ -38,6 +38,15 @@ def ssh(host: LabHost | str, command: str, *, timeout: float = 300,
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def admin_headers(address: str) -> dict:
+    """The HTTP header with the host's API key (read over SSH, as root): what a test needs to read the repository
+    index, which tritonfleet restricts by default."""
+    from tritonfleet.triton import apikey
+    text = ssh(address, f"cat {apikey.KEY_FILE}").stdout
+    key = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith(apikey.KEY_VARIABLE + "="))
+    return apikey.http_headers(key)
+
+
 class Lab:
     """Handle the session's tests use: ensure(n) brings up gpu01..gpuNN, reset(name) cleans one."""
 

@@ -15,7 +15,7 @@ import pytest
 import tritonclient.http as httpclient
 import yaml
 
-from conftest import LAB_HOSTS
+from conftest import LAB_HOSTS, admin_headers
 from labkit import ADDRESSES, on_host, write_inventory
 from test_collection_unit import install_collection, recap
 from tritonfleet.engine import hostlock
@@ -131,7 +131,7 @@ def test_broken_model_stops_the_first_batch_and_its_hosts_are_rolled_back(deploy
     for name in ("gpu03", "gpu04"):  # back on the old models, and serving
         client = httpclient.InferenceServerClient(f"{ADDRESSES[name]}:8000", connection_timeout=10)
         assert client.is_server_ready()
-        states = {m["name"]: m.get("state") for m in client.get_model_repository_index()}
+        states = {m["name"]: m.get("state") for m in client.get_model_repository_index(headers=admin_headers(ADDRESSES[name]))}
         assert states and set(states.values()) == {"READY"}, states
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from conftest import ssh
+from conftest import admin_headers, ssh
 from tritonfleet.paths import REPO_ROOT
 
 pytestmark = pytest.mark.lab
@@ -109,7 +109,7 @@ def test_every_model_ready_and_inference_from_control_machine_is_right(first_dep
                if m != "token_stream")
     assert "6 model version(s) answered, 5 checked against their smoke spec" in smoke["msg"]
     client = httpclient.InferenceServerClient(f"{ADDRESS}:8000", connection_timeout=10, network_timeout=30)
-    index = client.get_model_repository_index()
+    index = client.get_model_repository_index(headers=admin_headers(ADDRESS))
     assert {m["name"]: m["state"] for m in index} == {n: "READY" for n in answers}
     a = np.array([1, 2, 3, 4], dtype=np.float32)
     b = np.array([10, 20, 30, 40], dtype=np.float32)

@@ -13,7 +13,7 @@ import time
 import pytest
 import tritonclient.http as httpclient
 
-from conftest import ssh
+from conftest import admin_headers, ssh
 from tritonfleet.paths import REPO_ROOT
 
 pytestmark = pytest.mark.lab
@@ -65,7 +65,7 @@ def restart_server(settle: float = 4.0) -> None:
 def all_models_ready() -> dict:
     client = httpclient.InferenceServerClient(f"{ADDRESS}:8000", connection_timeout=10, network_timeout=30)
     try:
-        return {m["name"]: m.get("state") for m in client.get_model_repository_index()}
+        return {m["name"]: m.get("state") for m in client.get_model_repository_index(headers=admin_headers(ADDRESS))}
     finally:
         client.close()
 
