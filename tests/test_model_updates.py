@@ -60,6 +60,10 @@ def repo_with_offset(tmp_path, name: str, offset: int):
     spec = repo / "add_sub" / "smoke.yaml"
     spec.write_text(spec.read_text().replace("OUTPUT0: [1.5, 2.5, 4, 5]",
                                              f"OUTPUT0: {[v + offset for v in (1.5, 2.5, 4, 5)]}"))
+    chain = repo / "add_sub_chain" / "smoke.json"  # the ensemble sums through add_sub: its answers move too
+    expected = json.loads(chain.read_text())
+    expected["outputs"] = {name: [v + offset for v in values] for name, values in expected["outputs"].items()}
+    chain.write_text(json.dumps(expected))
     return repo
 
 
@@ -107,7 +111,7 @@ def test_changed_model_loads_without_restart_and_no_request_fails(deployed, inve
     assert server_pid() == pid
     # only the changed file crossed the network (hard links from the live version for the rest)
     sent_files = [f for f in steps["model_repository"]["data"]["files"] if not f.endswith("/")]
-    assert sorted(sent_files) == ["add_sub/1/model.py", "add_sub/smoke.yaml"]
+    assert sorted(sent_files) == ["add_sub/1/model.py", "add_sub/smoke.yaml", "add_sub_chain/smoke.json"]
     print(f"bytes sent for the one-file change: {report['hosts'][0]['bytes_sent']}")
 
 
@@ -163,7 +167,7 @@ def test_models_diff_shows_what_a_sync_would_change(deployed, inventory, tmp_pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     host = report["hosts"][0]
     assert {m: sorted(files) for m, files in host["changed"].items()} == {
-        "add_sub": ["1/model.py (changed)", "smoke.yaml (changed)"]}
+        "add_sub": ["1/model.py (changed)", "smoke.yaml (changed)"], "add_sub_chain": ["smoke.json (changed)"]}
     assert host["removed"] == ["str_upper"]
     live = ssh(ADDRESS, "readlink /srv/tritonfleet/models").stdout
     proc, _ = invoke(inventory, "sync-models", "--models", str(repo))

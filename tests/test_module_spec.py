@@ -195,3 +195,12 @@ def test_a_check_mode_violation_fails_the_step_as_a_module_bug(tmp_path):
     assert run.steps[0]["msg"] == "would touch /tmp/x x3"
     assert run.steps[1]["msg"].startswith("CheckModeViolation: check mode: a module tried to change the host: rm -f")
     assert run.steps[1]["msg"].endswith(f"(in step at {tmp_path / 'play.yml'}:4)")
+
+
+def test_an_explicit_reload_also_checks_the_ensembles_built_on_a_changed_model():
+    from tritonfleet.modules.models import ensembles_using
+    from tritonfleet.paths import REPO_ROOT
+    from tritonfleet.triton.models import validate_repository
+    repository = validate_repository(REPO_ROOT / "examples" / "models")
+    assert ensembles_using(repository, ["add_sub"]) == ["add_sub_chain"]
+    assert ensembles_using(repository, ["str_upper"]) == []

@@ -110,6 +110,20 @@ def _model_digests(ctx, folder: str) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 
+def ensembles_using(repository, models: list[str]) -> list[str]:
+    """The ensembles that run any of `models` as a step, directly or through another ensemble."""
+    found: list[str] = []
+    reached = set(models)
+    for _ in range(len(repository.models)):  # one more level of nesting each round, at most one round per model
+        more = [name for name, info in repository.models.items() if name not in reached and info.backend == "ensemble"
+                and any(step.model_name in reached for step in info.config.ensemble_scheduling.step)]
+        if not more:
+            break
+        found += more
+        reached.update(more)
+    return found
+
+
 @module(args={"dest": Arg("path", required=True)}, needs=("repository",))
 def models_reload(ctx, args) -> Outcome:
     """Explicit model control: switch to the staged repository and load only what changed, no restart.
@@ -140,7 +154,8 @@ def models_reload(ctx, args) -> Outcome:
     if not failures:
         from tritonfleet.triton.smokespec import repository_specs
 
-        failures = ctx.server.smoke(specs=repository_specs(ctx.repository)).failures_of(changed)
+        checked = changed + ensembles_using(ctx.repository, changed)  # an ensemble's answers move with its steps
+        failures = ctx.server.smoke(specs=repository_specs(ctx.repository)).failures_of(checked)
     if failures:
         switch_link(ctx, models_path, previous)
         ctx.facts.live_models = previous
