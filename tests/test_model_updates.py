@@ -60,9 +60,12 @@ def repo_with_offset(tmp_path, name: str, offset: int):
     spec = repo / "add_sub" / "smoke.yaml"
     spec.write_text(spec.read_text().replace("OUTPUT0: [1.5, 2.5, 4, 5]",
                                              f"OUTPUT0: {[v + offset for v in (1.5, 2.5, 4, 5)]}"))
-    chain = repo / "add_sub_chain" / "smoke.json"  # the ensemble sums through add_sub: its answers move too
+    # The ensemble runs add_sub twice: SUM = A+B+o, DIFF = A-B, then TWICE_A = SUM+DIFF+o = 2A+2o and
+    # TWICE_B = SUM-DIFF = 2B+o. Its answers move with add_sub, so its spec does too.
+    chain = repo / "add_sub_chain" / "smoke.json"
     expected = json.loads(chain.read_text())
-    expected["outputs"] = {name: [v + offset for v in values] for name, values in expected["outputs"].items()}
+    shift = {"TWICE_A": 2 * offset, "TWICE_B": offset}
+    expected["outputs"] = {name: [v + shift[name] for v in values] for name, values in expected["outputs"].items()}
     chain.write_text(json.dumps(expected))
     return repo
 
