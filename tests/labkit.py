@@ -31,8 +31,11 @@ def invoke_here(*args, env=None) -> subprocess.CompletedProcess:
     its stdout and stderr): what `invoke` does without the 0.4 s of starting Python and importing everything again.
     For the unit tier's many runs that a host never sees; lab tests run the real command."""
     from invoke import Program
+
+    from tritonfleet import secrets
     out, err = io.StringIO(), io.StringIO()
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    secrets._values.clear()  # a process runs one task: no secret registered by an earlier run is still known
     code = 0
     try:
         if env is not None:  # as subprocess's env=: the whole environment

@@ -46,7 +46,7 @@ def _seed_wheel(cache: Path) -> None:
             return
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # a session-wide patch would hide the real cache from every later test
 def cache(tmp_path_factory):
     path = tmp_path_factory.mktemp("cache")
     _seed_wheel(path)
@@ -55,7 +55,7 @@ def cache(tmp_path_factory):
         yield path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def wheel_bundle(cache) -> Bundle:
     messages: list[str] = []
     t = time.monotonic()
@@ -64,7 +64,7 @@ def wheel_bundle(cache) -> Bundle:
     return b
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def extracted(wheel_bundle, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("extracted")
     with tarfile.open(wheel_bundle.path) as tf:
