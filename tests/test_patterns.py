@@ -125,3 +125,10 @@ def test_same_hosts_as_ansible(inventory, tmp_path):
     ansible = manager.InventoryManager(loader=dataloader.DataLoader(), sources=[str(tmp_path / "hosts.yml")])
     for pattern, hosts in CASES:
         assert [h.name for h in ansible.get_hosts(pattern)] == hosts, pattern
+
+
+@pytest.mark.parametrize("pattern", ["~[", "gpu]", "rack_a:gpu[0"])
+def test_an_unclosed_bracket_is_refused_not_dropped(pattern):
+    """Ansible drops the stray bracket and `~[` selects every host: a limit must never widen the run."""
+    with pytest.raises(patterns.PatternError, match="unclosed or stray bracket"):
+        patterns.split_pattern(pattern)

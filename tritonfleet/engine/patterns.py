@@ -57,6 +57,10 @@ def split_pattern(pattern: str) -> list[str]:
         items = [pattern]
     else:
         items = _COLON_ITEM.findall(pattern)
+        dropped = _COLON_ITEM.sub("", pattern).replace(":", "").strip()
+        if dropped:  # Ansible drops an unclosed bracket silently: `~[` became `~`, which matches every host
+            raise PatternError(f"host pattern {pattern!r} has an unclosed or stray bracket ({dropped!r})",
+                               hint="close the bracket (`group[0:3]`, `~gpu0[1-4]`), or quote the pattern")
     return [item.strip() for item in items if item.strip()]
 
 
