@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
-apt_packages=(debootstrap systemd-container iproute2 openssh-client rsync dpkg-dev
+apt_packages=(debootstrap systemd-container iproute2 openssh-client rsync dpkg-dev patchelf
               libpython3.11 python3-numpy)
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -21,7 +21,8 @@ def _lab_hosts() -> list[LabHost]:
     """The lab group of the repository's inventory, in inventory order."""
     data = yaml.safe_load(INVENTORY.read_text())
     hosts = data["all"]["children"]["lab"]["hosts"]
-    return [LabHost(name, vars_["ansible_host"]) for name, vars_ in hosts.items()]
+    return [LabHost(name, vars_["ansible_host"], vars_.get("lab_suite", labmod.DEFAULT_SUITE))
+            for name, vars_ in hosts.items()]
 
 
 LAB_HOSTS: list[LabHost] = _lab_hosts()

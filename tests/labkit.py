@@ -136,4 +136,4 @@ def fault_log(request, fault_records):
 def ensure_mine(names=("gpu07", "gpu08")) -> None:
     """Bring up only this suite's hosts. `lab.ensure(8)` would also boot a host another test has just
     stopped on purpose (a reboot test of gpu03 died that way while this suite started), so it is not used."""
-    labmod.up([labmod.LabHost(n, ADDRESSES[n]) for n in names], progress=lambda msg: None)
+    labmod.up([h for h in LAB_HOSTS if h.name in names], progress=lambda msg: None)

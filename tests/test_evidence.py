@@ -323,3 +323,44 @@ def test_doctor_fix_names_a_missing_package_manager():
     d._context.ev.host.pkg_mgr = "pacman"
     done = doctor._install_missing_packages(RecordingConn(), d._context, d, progress=lambda msg: None)
     assert done == ["cannot install the missing packages: no known package manager (found 'pacman')"]
+
+
+def recorded_diagnosis(name: str) -> doctor.Diagnosis:
+    """The doctor's checks over a recorded evidence file, with the server's index as the live run saw it absent (the
+    checks that need no server)."""
+    ev = doctor.parse_evidence((FIXTURES / name).read_text())
+    c = doctor._Context(ev, dict(layout.DEFAULT_VARS), "10.213.0.20", "gpu10")
+    d = doctor.Diagnosis("gpu10")
+    for check in doctor.CHECKS:
+        check(c, d)
+    doctor._fold_missing_modules_into_vendored_libpython(d)
+    return d
+
+
+def test_doctor_names_a_vendored_libpython_not_a_missing_package_on_a_debian13_lab_host():
+    d = recorded_diagnosis("recorded-debian13-lab-vendored-libpython.doctor.txt")
+    errors = {f.signature: f for f in d.errors}
+    vendored = errors["stub_vendored_libpython"]
+    assert vendored.title == ("the stub links libpython3-419a3a08.13.so.1.0, a libpython from the bundle's lib/, not "
+                              "the host's libpython3.13.so.1.0")
+    assert any("No module named 'numpy'" in e for e in vendored.evidence)  # the journal's lines, folded in
+    assert "numpy_missing" not in errors and "stub_python_mismatch" not in errors
+    assert "numpy2_empty_outputs" in errors
+
+
+def test_doctor_names_numpy2_with_a_pre_2_52_python_backend_on_a_debian13_lab_host():
+    d = recorded_diagnosis("recorded-debian13-lab-numpy2.doctor.txt")
+    f = next(f for f in d.errors if f.signature == "numpy2_empty_outputs")
+    assert f.evidence == ["import numpy as triton: numpy_version=2.2.4", "/opt/tritonserver/TRITON_VERSION: 2.51.0"]
+    assert "Triton 2.52" in f.fix and "python_backend/pull/384" in f.link
+    assert "stub_vendored_libpython" not in {f.signature for f in d.findings}  # relinked: ldd shows the host's
+
+
+def test_numpy2_is_no_error_with_a_python_backend_that_supports_it():
+    text = (FIXTURES / "recorded-debian13-lab-numpy2.doctor.txt").read_text().replace(
+        "triton_version=2.51.0", "triton_version=2.52.0")
+    ev = doctor.parse_evidence(text)
+    c = doctor._Context(ev, dict(layout.DEFAULT_VARS), "10.213.0.20", "gpu10")
+    d = doctor.Diagnosis("gpu10")
+    doctor.check_numpy(c, d)
+    assert d.findings == []

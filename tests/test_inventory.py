@@ -61,11 +61,12 @@ def ansible_inventory(tmp_path):
     return inv
 
 
-def test_ships_lab_group_with_eight_hosts_and_strict_host_keys():
+def test_ships_lab_group_with_ten_hosts_of_three_releases_and_strict_host_keys():
     inv = load_inventory(DEFAULT_INVENTORY)
     lab = inv.select(group="lab")
-    assert [h.name for h in lab] == [f"gpu0{i}" for i in range(1, 9)]
-    assert [h.address for h in lab] == [f"10.213.0.{10 + i}" for i in range(1, 9)]
+    assert [h.name for h in lab] == [f"gpu{i:02d}" for i in range(1, 11)]
+    assert [h.address for h in lab] == [f"10.213.0.{10 + i}" for i in range(1, 11)]
+    assert [h.vars.get("lab_suite", "bookworm") for h in lab] == ["bookworm"] * 8 + ["bullseye", "trixie"]
     gpu01 = lab[0]
     assert gpu01.user == "root"
     assert gpu01.key_file == "/var/lib/tritonfleet/lab/ssh/id_ed25519"

@@ -37,8 +37,9 @@ def _out(host, command: str) -> str:
 
 
 def test_inventory_hosts():
-    assert [h.name for h in LAB_HOSTS] == [f"gpu{i:02d}" for i in range(1, 9)]
-    assert [h.address for h in LAB_HOSTS] == [f"10.213.0.{10 + i}" for i in range(1, 9)]
+    assert [h.name for h in LAB_HOSTS] == [f"gpu{i:02d}" for i in range(1, 11)]
+    assert [h.address for h in LAB_HOSTS] == [f"10.213.0.{10 + i}" for i in range(1, 11)]
+    assert [h.suite for h in LAB_HOSTS] == ["bookworm"] * 8 + ["bullseye", "trixie"]
 
 
 def test_strict_ssh_reaches_each_host(hosts):
@@ -88,7 +89,7 @@ def test_each_host_has_its_own_identity(hosts):
     assert len(ids) == len(hosts)
     keys = {_out(h, "cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1] for h in hosts}
     assert len(keys) == len(hosts)
-    assert not list((labmod.BASE_DIR / "etc/ssh").glob("ssh_host_*")), "base image must carry no host keys"
+    assert not list((labmod.base_dir("bookworm") / "etc/ssh").glob("ssh_host_*")), "base image must carry no host keys"
 
 
 def test_dev_shm_is_tmpfs(hosts):
@@ -102,13 +103,13 @@ def test_opt_is_private(hosts):
     try:
         assert _out(a, "cat /opt/only-on-a") == "hi"
         assert ssh(b, "test -e /opt/only-on-a").returncode == 1
-        assert not (labmod.BASE_DIR / "opt/only-on-a").exists()
+        assert not (labmod.base_dir("bookworm") / "opt/only-on-a").exists()
     finally:
         _out(a, "rm -f /opt/only-on-a")
 
 
 def test_base_image_lacks_libpython_and_numpy(hosts):
-    base = labmod.BASE_DIR
+    base = labmod.base_dir("bookworm")
     assert not glob.glob(str(base / "usr/lib/*/libpython3.11.so.1.0"))
     assert not glob.glob(str(base / "usr/lib/python3*/dist-packages/numpy"))
     assert (base / "usr/bin/python3").exists()
@@ -121,7 +122,7 @@ def test_packages_come_only_from_the_lab_mirror(lab, hosts):
     h = hosts[0]
     sources = _out(h, "cat /etc/apt/sources.list; cat /etc/apt/sources.list.d/* 2>/dev/null || true")
     assert [line for line in sources.splitlines() if line.strip() and not line.startswith("#")] == \
-        [labmod.MIRROR_SOURCE_LINE]
+        [labmod.mirror_source_line("bookworm")]
     assert "default" not in _out(h, "ip route")
     # no route off the lab subnet: the kernel refuses locally, nothing is sent
     assert ssh(h, "ip route get 203.0.113.7").returncode != 0
@@ -129,7 +130,7 @@ def test_packages_come_only_from_the_lab_mirror(lab, hosts):
         _out(h, "DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive "
                 "apt-get install -y -q --no-install-recommends python3-numpy libpython3.11 rsync sudo")
         assert _out(h, "python3 -c 'import numpy; print(numpy.__name__)'") == "numpy"
-        assert labmod.MIRROR_URL.rstrip("/").split("//")[1] in _out(h, "apt-cache policy python3-numpy")
+        assert f"{labmod.BRIDGE_ADDRESS}:{labmod.MIRROR_PORT}/bookworm" in _out(h, "apt-cache policy python3-numpy")
     finally:
         t0 = time.monotonic()
         lab.reset(h.name)
@@ -225,6 +226,36 @@ def test_a_second_run_cannot_take_the_lab_from_this_one(hosts):
     assert _out(hosts[0], "hostname") == hosts[0].name
 
 
+@pytest.mark.parametrize("name,version_id,python,glibc", [("gpu09", "11", "3.9", "2.31"),
+                                                         ("gpu10", "13", "3.13", "2.41")])
+def test_a_host_of_another_release_runs_that_release_with_its_own_mirror(name, version_id, python, glibc):
+    """lab_suite in the inventory picks the host's Debian release: its own base image, its own package mirror."""
+    (h,) = [h for h in LAB_HOSTS if h.name == name]
+    labmod.up([h], progress=lambda msg: None)
+    assert _out(h, ". /etc/os-release && echo $VERSION_ID") == version_id
+    assert _out(h, "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'") == python
+    assert _out(h, "ldd --version | head -1").split()[-1] == glibc
+    assert _out(h, "systemctl is-system-running") in ("running", "degraded")
+    assert _out(h, "cat /etc/apt/sources.list") == labmod.mirror_source_line(h.suite)
+    assert {s.name: s.suite for s in labmod.status()}[name] == h.suite
+    try:
+        _out(h, "DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive "
+                f"apt-get install -y -q --no-install-recommends python3-numpy libpython{python}")
+        assert _out(h, "python3 -c 'import numpy; print(numpy.__name__)'") == "numpy"
+        assert _out(h, f"ldconfig -p | grep -c libpython{python}.so.1.0") != "0"
+    finally:
+        labmod.reset_host(h.name)
+
+
+def test_a_host_recorded_with_another_release_is_not_silently_reused():
+    h = next(h for h in LAB_HOSTS if h.name == "gpu09")
+    with pytest.raises(TritonfleetError, match=r"gpu09 exists as 10\.213\.0\.19 \(bullseye\), not 10\.213\.0\.19 "
+                                               r"\(trixie\)"):
+        labmod.up([labmod.LabHost(h.name, h.address, "trixie")], progress=lambda msg: None)
+    with pytest.raises(TritonfleetError, match="lab_suite 'jessie' is not a release the lab builds"):
+        labmod.up([labmod.LabHost("gpu11", "10.213.0.21", "jessie")], progress=lambda msg: None)
+
+
 def test_down_removes_everything_and_up_works_again(lab, hosts):
     lab.down()
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -246,7 +277,7 @@ def test_down_removes_everything_and_up_works_again(lab, hosts):
                  if port in line and line.split()[3] == "0A"]
     assert not listening
     assert not labmod.LAB_STATE_DIR.exists()
-    assert labmod.BASE_DIR.is_dir() and (labmod.MIRROR_DIR / "Packages.gz").is_file()
+    assert labmod.base_dir("bookworm").is_dir() and (labmod.mirror_dir("bookworm") / "Packages.gz").is_file()
     # the session fixture can bring a torn-down lab back
     (h,) = lab.ensure(1)
     assert _out(h, "hostname") == h.name

@@ -178,6 +178,14 @@ def facts(name: str):
         "backend of bundle triton-2.51.0-d6c06e72d1c9 (Triton 2.51.0) was built before numpy 2 support",
         "bundle triton-2.51.0-d6c06e72d1c9's stub for Python 3.13 links libpython3-419a3a08.13.so.1.0, a libpython "
         "shipped in the bundle's lib/, not the host's libpython3.13.so.1.0"]),
+    ("recorded-debian11-lab.facts.txt", [
+        "the host's glibc is 2.31 but bundle triton-2.51.0-d6c06e72d1c9 needs GLIBC_2.35",
+        "the host's libstdc++ provides GLIBCXX_3.4.28 but bundle triton-2.51.0-d6c06e72d1c9 needs GLIBCXX_3.4.30"]),
+    ("recorded-debian13-lab.facts.txt", [  # no numpy yet: Python 3.13 can only get numpy 2
+        "the host's python3 is 3.13, for which numpy exists only as 2.x (numpy 1.26, the last 1.x, supports Python "
+        "up to 3.12), so the numpy the packages step installs is numpy 2 but the Python backend of bundle "
+        "triton-2.51.0-d6c06e72d1c9 (Triton 2.51.0) was built before numpy 2 support",
+        "bundle triton-2.51.0-d6c06e72d1c9's stub for Python 3.13 links libpython3-419a3a08.13.so.1.0"]),
     ("handwritten-ubuntu22-aarch64-gh200.facts.txt", [
         "the host's C library is for aarch64 but bundle triton-2.51.0-d6c06e72d1c9 is built for x86_64"]),
     ("handwritten-rocky9-dnf.facts.txt", [
@@ -202,7 +210,8 @@ def test_what_either_side_does_not_know_is_not_checked():
     unknown_host = parse_facts("init=systemd\npython_version=3.13\n")
     assert layout.platform_problems(unknown_host, Bundle(Path("b"), "", 0, "b", "2.51.0", ("3.13",))) == []
     assert [p[:30] for p in layout.platform_problems(unknown_host, PINNED_BUNDLE)] == [
-        "bundle triton-2.51.0-d6c06e72d"]  # only the stub, which needs no host value but the Python
+        "the host's python3 is 3.13, fo",  # Python 3.13 alone implies numpy 2
+        "bundle triton-2.51.0-d6c06e72d"]  # the stub, which needs no host value but the Python
 
 
 class NoCommands:

@@ -264,12 +264,12 @@ def bundle_command(opts: Options) -> None:
 
 
 def _lab_hosts(inventory, count: int):
-    from tritonfleet.lab import LabHost
+    from tritonfleet.lab import DEFAULT_SUITE, LabHost
     inv = load_inventory(list(inventory))
     hosts = inv.select(group="lab")
     if not 1 <= count <= len(hosts):
         raise TritonfleetError(f"--hosts must be between 1 and {len(hosts)} (group lab has {len(hosts)} hosts)")
-    return [LabHost(h.name, h.address) for h in hosts[:count]]
+    return [LabHost(h.name, h.address, str(h.vars.get("lab_suite", DEFAULT_SUITE))) for h in hosts[:count]]
 
 
 @command
@@ -299,9 +299,9 @@ def lab_status_command(opts: Options) -> None:
 
 
 def _print_lab(states) -> None:
-    table = Table("host", "address", "state", "pid", "console log")
+    table = Table("host", "address", "release", "state", "pid", "console log")
     for s in states:
-        table.add_row(s.name, s.address, s.state, str(s.pid or ""), str(s.console_log))
+        table.add_row(s.name, s.address, s.suite, s.state, str(s.pid or ""), str(s.console_log))
     Console(highlight=False).print(table)
     if any(not s.state.startswith(("running", "degraded")) for s in states):
         sys.exit(1)

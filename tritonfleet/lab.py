@@ -1,13 +1,13 @@
-"""A fleet of real Debian 12 hosts on this one machine, for testing tritonfleet over real SSH.
+"""A fleet of real Debian hosts on this one machine, for testing tritonfleet over real SSH.
 
-Each lab host is a Debian 12 system booted by systemd-nspawn (real systemd, journald, sshd) in its own
+Each lab host is a Debian system (12 by default; 11 or 13 with the host var `lab_suite`) booted by systemd-nspawn (real systemd, journald, sshd) in its own
 network namespace, on a private bridge, reachable at its own address with a per-lab key and strict host
 key checking -- exactly how tritonfleet reaches a real GPU box. Hosts are offline (no route beyond the
 bridge); packages reach them from a mirror the lab serves on the bridge address, as at an air-gapped site.
 
 Layout:
-  CACHE_DIR/lab/base-bookworm   debootstrap image, shared read-only lower layer of every host (cached)
-  CACHE_DIR/lab/mirror          .debs provisioning installs + Packages.gz (cached)
+  CACHE_DIR/lab/base-SUITE      debootstrap image of one Debian release, read-only lower layer of its hosts (cached)
+  CACHE_DIR/lab/mirrors/SUITE/  .debs provisioning installs on that release + Packages.gz (cached)
   LAB_STATE_DIR/ssh/            lab key (id_ed25519, never in git) and known_hosts
   LAB_STATE_DIR/hosts/NAME/     host.json, hostkeys/, upper/ (the host's copy-on-write layer), console.log
   LAB_STATE_DIR/mirror.pid      the mirror http server
@@ -39,26 +39,25 @@ from typing import Callable
 from tritonfleet.errors import TritonfleetError
 from tritonfleet.paths import CACHE_DIR, LAB_STATE_DIR
 
-SUITE = "bookworm"
+DEFAULT_SUITE = "bookworm"
+# The Debian releases a lab host can run (host var lab_suite), each with the Python its python3 is.
+SUITES = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
 LAB_BRIDGE = "tflab0"
 LAB_SUBNET = "10.213.0.0/24"
 LAB_PREFIX = 24
 BRIDGE_ADDRESS = "10.213.0.1"
 MIRROR_PORT = 8765
-MIRROR_URL = f"http://{BRIDGE_ADDRESS}:{MIRROR_PORT}/"
-MIRROR_SOURCE_LINE = f"deb [trusted=yes] {MIRROR_URL} ./"
 BASE_INCLUDE = ("systemd", "systemd-sysv", "openssh-server", "python3", "dbus", "iproute2")
 # Left out of the base on purpose so provisioning does real work; served by the mirror instead.
 # What provisioning installs, sudo for non-root SSH users, and python3-apt for Ansible's apt module
 # (the benchmark against an Ansible playbook provisions the same hosts).
-MIRROR_PACKAGES = ("libpython3.11", "python3-numpy", "rsync", "sudo", "python3-apt")
+MIRROR_PACKAGES = ("libpython3.{minor}", "python3-numpy", "rsync", "sudo", "python3-apt")
 MIRROR_LIST = "tritonfleet-packages.txt"  # what a cached mirror was resolved for
 VETH_PREFIX = "tfv-"
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
 
-BASE_DIR = CACHE_DIR / "lab" / f"base-{SUITE}"
-MIRROR_DIR = CACHE_DIR / "lab" / "mirror"
+MIRRORS_DIR = CACHE_DIR / "lab" / "mirrors"
 SSH_DIR = LAB_STATE_DIR / "ssh"
 LAB_KEY = SSH_DIR / "id_ed25519"
 KNOWN_HOSTS = SSH_DIR / "known_hosts"
@@ -72,6 +71,32 @@ NSPAWN_PROPAGATE = Path("/run/systemd/nspawn/propagate")
 class LabHost:
     name: str      # also hostname, machine name and netns name
     address: str   # e.g. "10.213.0.11"
+    suite: str = DEFAULT_SUITE  # its Debian release (SUITES)
+
+
+def base_dir(suite: str) -> Path:
+    return CACHE_DIR / "lab" / f"base-{suite}"
+
+
+def mirror_dir(suite: str) -> Path:
+    return MIRRORS_DIR / suite
+
+
+def mirror_source_line(suite: str) -> str:
+    """The apt source of a host of this release: the lab's mirror for it, on the bridge address."""
+    return f"deb [trusted=yes] http://{BRIDGE_ADDRESS}:{MIRROR_PORT}/{suite}/ ./"
+
+
+def mirror_packages(suite: str) -> tuple[str, ...]:
+    minor = SUITES[suite].split(".")[1]
+    return tuple(p.format(minor=minor) for p in MIRROR_PACKAGES)
+
+
+def check_suite(name: str, suite: str) -> str:
+    if suite not in SUITES:
+        raise TritonfleetError(f"lab host {name}: lab_suite {suite!r} is not a release the lab builds",
+                               hint=f"use one of {', '.join(SUITES)}")
+    return suite
 
 
 @dataclass
@@ -81,6 +106,7 @@ class HostState:
     state: str     # "running" | "degraded" | "starting" | "stopped" | "failed: <why>"
     pid: int | None
     console_log: Path
+    suite: str = DEFAULT_SUITE
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,7 +303,7 @@ def debian_mirror() -> str:
                 candidates.append((words[1], [words[2]]))
     good = [(u, s) for u, s in candidates if "security" not in u and not any("security" in x for x in s)]
     for uri, suites in good:
-        if SUITE in suites:
+        if DEFAULT_SUITE in suites:
             return uri
     if good:
         return good[0][0]
@@ -303,15 +329,18 @@ def _safe_rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _build_mirror(base: Path, dest: Path, progress: Callable[[str], None]) -> None:
-    """Resolve MIRROR_PACKAGES inside the base (so versions match it exactly) and index them in dest.
+def _build_mirror(suite: str, base: Path, dest: Path, progress: Callable[[str], None]) -> None:
+    """Resolve the release's mirror packages inside its base (so versions match it exactly) and index them in dest.
 
     Leaves the base clean: no downloaded lists or archives, apt sources pointing at the lab mirror.
     """
-    progress(f"lab: resolving {' '.join(MIRROR_PACKAGES)} inside the base image")
+    packages = mirror_packages(suite)
+    progress(f"lab: resolving {' '.join(packages)} inside the {suite} base image")
     sources = base / "etc/apt/sources.list"
     resolv = base / "etc/resolv.conf"
-    sources.write_text(f"deb {debian_mirror()} {SUITE} main\n")
+    for deb822 in (base / "etc/apt/sources.list.d").glob("*.sources"):
+        deb822.unlink()   # newer debootstraps may write one; the base's only source is the line below
+    sources.write_text(f"deb {debian_mirror()} {suite} main\n")
     resolv.unlink(missing_ok=True)
     shutil.copyfile("/etc/resolv.conf", resolv)
     (base / "proc").mkdir(exist_ok=True)
@@ -319,7 +348,7 @@ def _build_mirror(base: Path, dest: Path, progress: Callable[[str], None]) -> No
     try:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
         _run(["chroot", str(base), "apt-get", "update"], env=env, timeout=600)
-        _run(["chroot", str(base), "apt-get", "install", "--download-only", "-y", *MIRROR_PACKAGES],
+        _run(["chroot", str(base), "apt-get", "install", "--download-only", "-y", *packages],
              env=env, timeout=900)
         dest.mkdir(parents=True, exist_ok=True)
         debs = sorted((base / "var/cache/apt/archives").glob("*.deb"))
@@ -333,24 +362,24 @@ def _build_mirror(base: Path, dest: Path, progress: Callable[[str], None]) -> No
         for lst in (base / "var/lib/apt/lists").glob("*"):
             if lst.is_file():
                 lst.unlink()
-        sources.write_text(MIRROR_SOURCE_LINE + "\n")
+        sources.write_text(mirror_source_line(suite) + "\n")
         resolv.unlink(missing_ok=True)
         resolv.write_text("# lab hosts are offline; the package mirror is addressed by IP\n")
     scan = _run(["dpkg-scanpackages", "--multiversion", ".", "/dev/null"], cwd=dest)
     with gzip.open(dest / "Packages.gz", "wb", compresslevel=9) as fh:
         fh.write(scan.stdout.encode())
-    (dest / MIRROR_LIST).write_text("\n".join(MIRROR_PACKAGES) + "\n")
+    (dest / MIRROR_LIST).write_text("\n".join(packages) + "\n")
     progress(f"lab: mirror has {len(list(dest.glob('*.deb')))} packages")
 
 
-def _mirror_current() -> bool:
-    listed = MIRROR_DIR / MIRROR_LIST
-    return (MIRROR_DIR / "Packages.gz").is_file() and listed.is_file() and \
-        listed.read_text().split() == list(MIRROR_PACKAGES)
+def _mirror_current(suite: str) -> bool:
+    listed = mirror_dir(suite) / MIRROR_LIST
+    return (mirror_dir(suite) / "Packages.gz").is_file() and listed.is_file() and \
+        listed.read_text().split() == list(mirror_packages(suite))
 
 
-def ensure_base(progress: Callable[[str], None] = print) -> Path:
-    """Build the base image and the package mirror once; reuse them after that.
+def ensure_base(suite: str = DEFAULT_SUITE, progress: Callable[[str], None] = print) -> Path:
+    """Build a release's base image and its package mirror once; reuse them after that.
 
     Both are built in temporary directories and renamed into place, so an interrupted build never
     leaves a half image that later runs would trust.
@@ -363,47 +392,51 @@ def ensure_base(progress: Callable[[str], None] = print) -> Path:
         pid = stale.name.rsplit("-", 1)[-1]
         if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
             _safe_rmtree(stale)
-    if not BASE_DIR.is_dir():
-        tmp = labcache / f".base-{SUITE}.tmp-{os.getpid()}"
+    base, mirror = base_dir(suite), mirror_dir(suite)
+    if not base.is_dir():
+        tmp = labcache / f".base-{suite}.tmp-{os.getpid()}"
         _safe_rmtree(tmp)
-        progress(f"lab: building base image {BASE_DIR} with debootstrap (about a minute)")
+        progress(f"lab: building base image {base} with debootstrap (about a minute)")
         t0 = time.monotonic()
         try:
             _run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_INCLUDE)}",
-                  SUITE, str(tmp), debian_mirror()], timeout=1800)
+                  suite, str(tmp), debian_mirror()], timeout=1800)
             # Every host gets its own keys and machine-id in its overlay; the base must not carry any.
             for key in (tmp / "etc/ssh").glob("ssh_host_*"):
                 key.unlink()
             (tmp / "etc/machine-id").write_text("")
             (tmp / "etc/hostname").write_text("localhost\n")
-            mtmp = labcache / f".mirror.tmp-{os.getpid()}"
+            mtmp = labcache / f".mirror-{suite}.tmp-{os.getpid()}"
             _safe_rmtree(mtmp)
-            _build_mirror(tmp, mtmp, progress)
-            if MIRROR_DIR.exists():
-                _safe_rmtree(MIRROR_DIR)
-            mtmp.rename(MIRROR_DIR)
-            tmp.rename(BASE_DIR)
+            _build_mirror(suite, tmp, mtmp, progress)
+            if mirror.exists():
+                _safe_rmtree(mirror)
+            mirror.parent.mkdir(parents=True, exist_ok=True)
+            mtmp.rename(mirror)
+            tmp.rename(base)
         except BaseException:
             _safe_rmtree(tmp)
-            _safe_rmtree(labcache / f".mirror.tmp-{os.getpid()}")
+            _safe_rmtree(labcache / f".mirror-{suite}.tmp-{os.getpid()}")
             raise
         progress(f"lab: base image built in {time.monotonic() - t0:.0f} s")
-    elif not _mirror_current():
+    elif not _mirror_current(suite):
         if any(_nspawn_alive((_read_record(d.name) or {}).get("pid"), d.name)
+               and (_read_record(d.name) or {}).get("suite", DEFAULT_SUITE) == suite
                for d in HOSTS_DIR.glob("*") if d.is_dir()):
             progress("lab: the package mirror lacks packages added since it was built; it is rebuilt at the "
                      "next lab.up with no host running (the base image cannot change under running hosts)")
-            return BASE_DIR
-        mtmp = labcache / f".mirror.tmp-{os.getpid()}"
+            return base
+        mtmp = labcache / f".mirror-{suite}.tmp-{os.getpid()}"
         _safe_rmtree(mtmp)
         try:
-            _build_mirror(BASE_DIR, mtmp, progress)
-            _safe_rmtree(MIRROR_DIR)
-            mtmp.rename(MIRROR_DIR)
+            _build_mirror(suite, base, mtmp, progress)
+            _safe_rmtree(mirror)
+            mirror.parent.mkdir(parents=True, exist_ok=True)
+            mtmp.rename(mirror)
         except BaseException:
             _safe_rmtree(mtmp)
             raise
-    return BASE_DIR
+    return base
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,14 +490,15 @@ def _mirror_pid() -> int | None:
 
 
 def _ensure_mirror_server() -> None:
-    """Serve MIRROR_DIR on the bridge address only (reachable from the hosts, not from outside)."""
+    """Serve every release's mirror (MIRRORS_DIR/SUITE) on the bridge address only (reachable from the hosts,
+    not from outside)."""
     if _mirror_pid():
         return
     LAB_STATE_DIR.mkdir(parents=True, exist_ok=True)
     with open(MIRROR_LOG, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "http.server", str(MIRROR_PORT), "--bind", BRIDGE_ADDRESS,
-             "--directory", str(MIRROR_DIR)],
+             "--directory", str(MIRRORS_DIR)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     MIRROR_PID_FILE.write_text(str(proc.pid))
     deadline = time.monotonic() + 15
@@ -476,7 +510,7 @@ def _ensure_mirror_server() -> None:
                 return
         except OSError:
             time.sleep(0.2)
-    raise TritonfleetError(f"lab: mirror server did not listen on {MIRROR_URL} within 15 s; see {MIRROR_LOG}")
+    raise TritonfleetError(f"lab: mirror server did not listen on {BRIDGE_ADDRESS}:{MIRROR_PORT} within 15 s; see {MIRROR_LOG}")
 
 
 def _ensure_lab_key() -> None:
@@ -531,7 +565,7 @@ def _prepare_upper(host: LabHost) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     rec = _read_record(host.name) or {}
     machine_id = rec.get("machine_id") or uuid.uuid4().hex
-    _write_record(host.name, name=host.name, address=host.address, machine_id=machine_id)
+    _write_record(host.name, name=host.name, address=host.address, suite=host.suite, machine_id=machine_id)
 
     up = _upper(host.name)
     for d, mode in (("etc", 0o755), ("etc/ssh", 0o755), ("etc/apt", 0o755), ("root", 0o700),
@@ -549,7 +583,7 @@ def _prepare_upper(host: LabHost) -> None:
         f"127.0.0.1\tlocalhost\n127.0.1.1\t{host.name}\n{host.address}\t{host.name}\n"
         "::1\tlocalhost ip6-localhost ip6-loopback\n")
     (up / "etc/machine-id").write_text(machine_id + "\n")
-    (up / "etc/apt/sources.list").write_text(MIRROR_SOURCE_LINE + "\n")
+    (up / "etc/apt/sources.list").write_text(mirror_source_line(host.suite) + "\n")
     # The base has no sources.list.d entries; an empty dir in the upper layer keeps it that way.
     (up / "etc/apt/sources.list.d").mkdir(exist_ok=True)
 
@@ -565,8 +599,8 @@ def _start(host: LabHost) -> int:
         log.write(f"\n==== lab: boot {host.name} at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
         log.flush()
         proc = subprocess.Popen(
-            ["systemd-nspawn", "--quiet", f"--directory={BASE_DIR}",
-             f"--overlay={BASE_DIR}:{_upper(host.name)}:/", "--boot", "--register=no", "--keep-unit",
+            ["systemd-nspawn", "--quiet", f"--directory={base_dir(host.suite)}",
+             f"--overlay={base_dir(host.suite)}:{_upper(host.name)}:/", "--boot", "--register=no", "--keep-unit",
              "--link-journal=no", "--resolv-conf=off", "--timezone=off",
              f"--network-namespace-path=/run/netns/{host.name}",
              f"--machine={host.name}", f"--hostname={host.name}"],
@@ -604,7 +638,7 @@ def _wait_ready(host: LabHost, pid: int, timeout: float = READY_TIMEOUT_S) -> Ho
         state, err = _probe(host.address)
         if state in ("running", "degraded"):
             _write_record(host.name, state=state)
-            return HostState(host.name, host.address, state, pid, _console(host.name))
+            return HostState(host.name, host.address, state, pid, _console(host.name), host.suite)
         why = f"systemd says {state!r}" if state else f"ssh: {err or 'no answer'}"
         time.sleep(1)
     _fail(host, f"not ready after {timeout:.0f} s (last: {why})")
@@ -622,7 +656,7 @@ def _host_of(name: str) -> LabHost:
     if not rec:
         raise TritonfleetError(f"lab: no lab host named {name!r}", file=str(HOSTS_DIR),
                                hint="bring it up first with lab.up")
-    return LabHost(rec["name"], rec["address"])
+    return LabHost(rec["name"], rec["address"], rec.get("suite", DEFAULT_SUITE))
 
 
 # Beside the state folder, not in it: lab.down removes that folder while holding the lock.
@@ -670,11 +704,13 @@ def up(hosts: list[LabHost], progress: Callable[[str], None] = print) -> list[Ho
     if len(set(names)) != len(names) or len({h.address for h in hosts}) != len(hosts):
         raise TritonfleetError(f"lab: duplicate host names or addresses in {hosts}")
     for h in hosts:
+        check_suite(h.name, h.suite)
         rec = _read_record(h.name)
-        if rec and rec.get("address") != h.address:
-            raise TritonfleetError(f"lab host {h.name} exists with address {rec.get('address')}, not {h.address}",
-                                   hint="run lab.down first")
-    ensure_base(progress)
+        if rec and (rec.get("address"), rec.get("suite", DEFAULT_SUITE)) != (h.address, h.suite):
+            raise TritonfleetError(f"lab host {h.name} exists as {rec.get('address')} ({rec.get('suite', DEFAULT_SUITE)})"
+                                   f", not {h.address} ({h.suite})", hint="run lab.down first")
+    for suite in sorted({h.suite for h in hosts}, key=list(SUITES).index):
+        ensure_base(suite, progress)
     _ensure_lab_key()
     _ensure_bridge()
     _ensure_mirror_server()
@@ -687,7 +723,7 @@ def up(hosts: list[LabHost], progress: Callable[[str], None] = print) -> list[Ho
         if _nspawn_alive(pid, h.name):
             state, _ = _probe(h.address)
             if state in ("running", "degraded"):
-                states[h.name] = HostState(h.name, h.address, state, pid, _console(h.name))
+                states[h.name] = HostState(h.name, h.address, state, pid, _console(h.name), h.suite)
                 continue
             booting.append((h, pid))           # alive but still booting: just wait for it
             continue
@@ -723,11 +759,12 @@ def status() -> list[HostState]:
         if not _nspawn_alive(pid, name):
             recorded = rec.get("state", "")
             state = recorded if recorded.startswith("failed") else "stopped"
-            out.append(HostState(name, rec.get("address", "?"), state, None, _console(name)))
+            out.append(HostState(name, rec.get("address", "?"), state, None, _console(name),
+                                 rec.get("suite", DEFAULT_SUITE)))
             continue
         state, _ = _probe(rec["address"])
         out.append(HostState(name, rec["address"], state if state in ("running", "degraded") else "starting",
-                             pid, _console(name)))
+                             pid, _console(name), rec.get("suite", DEFAULT_SUITE)))
     return out
 
 

@@ -24,6 +24,8 @@ from tritonfleet.engine.packages import install_command
 from tritonfleet.errors import TritonfleetError
 from tritonfleet.triton.endpoint import endpoint_for
 from tritonfleet.triton.server import ServerClient
+from tritonfleet.triton.bundle import PYTHON_BACKEND_NUMPY2_SINCE
+from tritonfleet.triton.layout import at_least
 from tritonfleet.triton.signatures import BY_ID
 
 q = shlex.quote
@@ -38,6 +40,7 @@ _TRITON_PROBES = r"""
 begin cmdline; [ -n "$main_pid" ] && [ "$main_pid" != 0 ] && tr '\0' '\n' < "/proc/$main_pid/cmdline" 2>/dev/null; end
 begin unit; systemctl cat "$TF_SERVICE" 2>/dev/null; end
 echo "root_target=$(readlink -f "$TF_ROOT" 2>/dev/null)"
+echo "triton_version=$(head -c 64 "$TF_ROOT/TRITON_VERSION" 2>/dev/null)"
 for f in $TF_FILES; do [ -e "$TF_ROOT/$f" ] && echo "file=$f"; done
 echo "stub_stat=$(stat -L -c '%U %a' "$TF_STUB" 2>/dev/null)"
 begin ldd; [ -e "$TF_STUB" ] && LD_LIBRARY_PATH="$TF_LIB" timeout 20 ldd "$TF_STUB" 2>&1; end
@@ -302,9 +305,14 @@ def check_stub(c: _Context, d: Diagnosis) -> None:
         return
     ldd = c.ev.lines("ldd")
     pkgs = c.packages()
+    vendored = BY_ID["stub_vendored_libpython"]
     for line in ldd:
         m = re.search(r"(libpython(\d+\.\d+)\S*) => (.*)", line)
-        if m:
+        if vendored.regex.search(line):
+            d.add(_sig_finding("stub", vendored.id, f"the stub links {vendored.regex.search(line).group(1)}, a "
+                               f"libpython from the bundle's lib/, not the host's libpython{c.python}.so.1.0",
+                               [line.strip()]))
+        elif m:
             stub_py = m.group(2)
             if c.python and stub_py != c.python:
                 d.add(_sig_finding("stub", "stub_python_mismatch",
@@ -335,7 +343,15 @@ def check_stub(c: _Context, d: Diagnosis) -> None:
 
 def check_numpy(c: _Context, d: Diagnosis) -> None:
     out = c.ev.lines("numpy")
-    if any(ln.startswith("numpy_version=") for ln in out):
+    found = [ln[len("numpy_version="):] for ln in out if ln.startswith("numpy_version=")]
+    triton = c.ev.values.get("triton_version", "").strip()
+    if found and triton and at_least(found[-1], "2") and not at_least(triton, PYTHON_BACKEND_NUMPY2_SINCE):
+        d.add(_sig_finding("numpy", "numpy2_empty_outputs",
+                           f"python3 {c.python} has numpy {found[-1]} but the Python backend of Triton {triton} "
+                           "was built before numpy 2 support: models load and every output comes back empty",
+                           [f"import numpy as {c.user}: numpy_version={found[-1]}",
+                            f"{layout.TRITON_ROOT}/TRITON_VERSION: {triton}"]))
+    if found:
         return
     pkgs = c.packages()
     if not c.python:
@@ -514,6 +530,19 @@ def server_of(conn, host, c: _Context) -> ServerClient:
     return ServerClient(endpoint_for(host.address, c.server_vars(), conn), api_key=c.ev.values.get("api_key", ""))
 
 
+def _fold_missing_modules_into_vendored_libpython(d: Diagnosis) -> None:
+    """A stub on a vendored libpython misses the host's stdlib, so models and the journal say `No module named
+    '_struct'` (or 'numpy'): that is the vendored libpython's doing, not a package to install."""
+    vendored = next((f for f in d.findings if f.signature == "stub_vendored_libpython"), None)
+    if vendored is None:
+        return
+    for f in [f for f in d.findings if f.check in ("journal", "models")
+              and f.signature in ("stub_python_mismatch", "numpy_missing")]:
+        vendored.evidence += [e for e in f.evidence if e not in vendored.evidence]
+        vendored.models += [m for m in f.models if m not in vendored.models]
+        d.findings.remove(f)
+
+
 def diagnose(conn, host, hostvars: dict, *, index_timeout: float = 3.0, server: ServerClient | None = None) -> Diagnosis:
     """Every check, from one round trip of host evidence plus the server's index; never raises for host problems.
 
@@ -533,6 +562,7 @@ def diagnose(conn, host, hostvars: dict, *, index_timeout: float = 3.0, server: 
         except TritonfleetError as exc:  # the SSH forward to a loopback-bound server could not be opened
             error = str(exc)
     check_models(c, d, index, ready, error)
+    _fold_missing_modules_into_vendored_libpython(d)
     d.ready, d.index = ready, index or []
     d._context = c  # for fixes
     d.seconds = time.monotonic() - start

@@ -291,6 +291,10 @@ def driver_note(gpus) -> str:
             f"(CUDA {BUNDLE_CUDA_VERSION}'s own driver is {FULL_FEATURE_DRIVER_VERSION}; {CUDA_COMPATIBILITY_DOC})")
 
 
+# numpy 1.26, the last numpy 1.x, has builds for CPython 3.9 to 3.12 only: a newer Python can only have numpy 2.
+NUMPY1_BEYOND_PYTHON = "3.13"
+
+
 def platform_problems(facts, bundle) -> list[str]:
     """Reasons this host cannot run this bundle's binaries at all, from what the bundle recorded when it was built
     (bundle.Platform) against the facts; a value either side does not know is not checked."""
@@ -311,8 +315,14 @@ def platform_problems(facts, bundle) -> list[str]:
                         f"needs GLIBCXX_{need.glibcxx} ({need.glibcxx_by}): tritonserver would fail with "
                         f"\"version `GLIBCXX_{need.glibcxx}' not found\"; use a host whose system libstdc++ is as new "
                         f"(GCC 12's libstdc++.so.6.0.30 for GLIBCXX_3.4.30: Debian 12, Ubuntu 22.04)")
-    if need.numpy2 is False and facts.numpy_version and at_least(facts.numpy_version, "2"):
-        problems.append(f"the host's python3 finds numpy {facts.numpy_version} ({facts.numpy_path}) but the Python "
+    numpy2 = ""
+    if facts.numpy_version and at_least(facts.numpy_version, "2"):
+        numpy2 = f"the host's python3 finds numpy {facts.numpy_version} ({facts.numpy_path})"
+    elif not facts.numpy_version and facts.python_version and at_least(facts.python_version, NUMPY1_BEYOND_PYTHON):
+        numpy2 = (f"the host's python3 is {facts.python_version}, for which numpy exists only as 2.x (numpy 1.26, the "
+                  f"last 1.x, supports Python up to 3.12), so the numpy the packages step installs is numpy 2")
+    if need.numpy2 is False and numpy2:
+        problems.append(f"{numpy2} but the Python "
                         f"backend of bundle {bundle.bundle_id} (Triton {bundle.triton_version}) was built before numpy "
                         "2 support (it came with Triton 2.52, python_backend PR #384): models would load and every "
                         "inference fail ('output tensor shape does not match size of output'); give python3 a numpy "
