@@ -23,7 +23,7 @@ from tritonfleet.engine.spec import HostContext
 from tritonfleet.engine.varspec import checked_vars
 from tritonfleet.errors import TritonfleetError
 from tritonfleet.modules import MODULES
-from tritonfleet.triton import apikey, layout
+from tritonfleet.triton import apikey, layout, tls
 from tritonfleet.triton.facts import gather_facts
 from tritonfleet.triton.endpoint import endpoint_for
 from tritonfleet.triton.server import ServerClient
@@ -68,6 +68,7 @@ def checked_host_vars(hosts: list[Host], extra_vars: dict | None = None) -> dict
             raise TritonfleetError(f"host {host.name}: private key {host.key_file} (ansible_ssh_private_key_file) "
                                    "does not exist", file=file, line=line,
                                    hint="fix the path, or remove the var to use the SSH agent and default keys")
+        tls.check_vars(host, all_vars[host.name])  # gRPC TLS files: readable, PEM, key matches, names the host
     return all_vars
 
 

@@ -8,11 +8,11 @@ each with its argument spec (`engine.spec.module`); MODULES is every module decl
 from __future__ import annotations
 
 from tritonfleet.engine.spec import Module
-from tritonfleet.modules import models, release, server, system
+from tritonfleet.modules import models, release, server, system, tls
 
 
 def _declared_in(*topics) -> dict[str, Module]:
     return {m.name: m for topic in topics for m in vars(topic).values() if isinstance(m, Module)}
 
 
-MODULES: dict[str, Module] = _declared_in(release, system, models, server)
+MODULES: dict[str, Module] = _declared_in(release, system, models, server, tls)

@@ -13,7 +13,7 @@ from pathlib import PurePosixPath
 
 from tritonfleet.engine import varspec
 from tritonfleet.errors import TritonfleetError
-from tritonfleet.triton import apikey
+from tritonfleet.triton import apikey, tls
 from tritonfleet.paths import REPO_ROOT
 from tritonfleet.triton.models import SHELL_SAFE, ModelRepositoryError, with_config_variant
 
@@ -52,6 +52,9 @@ DEFAULT_VARS = {
     "triton_restricted_apis": list(apikey.DEFAULT_RESTRICTED_APIS),  # only callers with the host's key reach them
     "triton_api_key": "",  # unset: generated on the host at the first deploy (triton_api_key module)
     "triton_allow_metrics": True,
+    "triton_allow_gpu_metrics": True,  # Triton's defaults; false: --allow-gpu-metrics=false
+    "triton_allow_cpu_metrics": True,
+    **tls.DEFAULT_VARS,  # gRPC TLS: PEM files on the control machine, unset (plaintext gRPC)
 }
 
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
@@ -99,6 +102,9 @@ VAR_TYPES = {
     "triton_api_key": varspec.optional(varspec.text(
         apikey.KEY_PATTERN, "16 to 256 letters, digits, '_' and '-'", "not a usable API key")),
     "triton_allow_metrics": varspec.BOOLEAN,
+    "triton_allow_gpu_metrics": varspec.BOOLEAN,
+    "triton_allow_cpu_metrics": varspec.BOOLEAN,
+    **tls.VAR_TYPES,
     # a list only: `[]` manages the packages yourself (fleet/run.py reads it as given)
     "triton_packages": varspec.text_list(varspec.text(PACKAGE_NAME, "package names", "not a package name")),
 }
@@ -146,6 +152,10 @@ def server_args(v: dict) -> list[str]:
         args.append("--load-model=*")
     if not v["triton_allow_metrics"]:
         args.append("--allow-metrics=false")
+    for kind in ("gpu", "cpu"):
+        if not v[f"triton_allow_{kind}_metrics"]:
+            args.append(f"--allow-{kind}-metrics=false")
+    args += tls.server_args(v)
     if v["triton_backend_directory"]:
         args.append(f"--backend-directory={v['triton_backend_directory']}")
     if v["triton_model_config_name"]:

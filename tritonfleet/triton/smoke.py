@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonfleet.triton import apikey
+from tritonfleet.triton import apikey, tls
 from tritonfleet.triton.endpoint import Endpoint, short_error
 from tritonfleet.triton.smokespec import FLOAT_TYPES, INT_RANGES, SmokeSpec, Tensor, numpy_dtype
 
@@ -312,6 +312,17 @@ def _datatype_problems(result: Any, protocol: str, declared: Mapping[str, str], 
 # server calls
 
 
+def _grpc_options(endpoint: Endpoint) -> dict:
+    """tritonclient's channel and TLS arguments for the endpoint (TLS files on this machine). A failed handshake
+    (wrong CA, a certificate for another name, no client certificate for mutual TLS) fails each call at once with
+    UNAVAILABLE: calls do not wait for the channel to be ready, and each is bounded by the timeout."""
+    t = endpoint.grpc_tls
+    if t is None:
+        return {"channel_args": _GRPC_CHANNEL_ARGS}
+    return {"ssl": True, "root_certificates": t.root_certificates, "private_key": t.private_key,
+            "certificate_chain": t.certificate_chain, "channel_args": _GRPC_CHANNEL_ARGS + t.channel_args()}
+
+
 class _Clients:
     """tritonclient's HTTP and gRPC clients; `api_key` opens the repository index where the host restricts it."""
 
@@ -322,8 +333,7 @@ class _Clients:
         self.timeout_s, self.api_key = timeout_s, api_key
         self.http = httpclient.InferenceServerClient(
             f"{endpoint.host}:{endpoint.http_port}", connection_timeout=timeout_s, network_timeout=timeout_s)
-        self.grpc = grpcclient.InferenceServerClient(f"{endpoint.host}:{endpoint.grpc_port}",
-                                                     channel_args=_GRPC_CHANNEL_ARGS)
+        self.grpc = grpcclient.InferenceServerClient(f"{endpoint.host}:{endpoint.grpc_port}", **_grpc_options(endpoint))
 
     def close(self) -> None:
         for client in (self.http, self.grpc):
@@ -465,12 +475,13 @@ def _ask(clients: _Clients, smoke: ModelSmoke, protocol: str, spec: SmokeSpec | 
     return [f"answer {where}: {p}" for p in problems]
 
 
-def _smoke_model(clients: _Clients, entry: dict, spec: SmokeSpec | None = None) -> ModelSmoke:
+def _smoke_model(clients: _Clients, entry: dict, spec: SmokeSpec | None = None,
+                 protocols: Collection[str] = PROTOCOLS) -> ModelSmoke:
     smoke = ModelSmoke(name=str(entry.get("name", "")), version=str(entry.get("version", "") or ""),
                        state=str(entry.get("state", "") or ""), reason=str(entry.get("reason", "") or ""))
     if smoke.state != "READY":
         return smoke
-    errors = [problem for protocol in PROTOCOLS for problem in _ask(clients, smoke, protocol, spec)]
+    errors = [problem for protocol in protocols for problem in _ask(clients, smoke, protocol, spec)]
     smoke.error = "\n".join(errors)
     smoke.ok = not errors
     smoke.checked = spec is not None and smoke.ok and bool(smoke.latency_ms)
@@ -502,7 +513,10 @@ def smoke_test(endpoint: Endpoint, timeout_s: float = 30.0,
                 ready[protocol] = clients.ready(protocol)
             except Exception as exc:
                 live[protocol] = ready[protocol] = False
-                errors.append(f"{protocol} on port {port} does not answer: {short_error(exc)}")
+                hint = tls.explain(str(exc), endpoint.grpc_tls) if protocol == "grpc" else ""
+                over = f" over {endpoint.grpc_tls.describe()}" if protocol == "grpc" and endpoint.grpc_tls else ""
+                errors.append(f"{protocol} on port {port}{over} does not answer: {short_error(exc)}" +
+                              (f" ({hint})" if hint else ""))
         report.live = all(live.values())
         report.ready = all(ready.values())
         if not any(live.values()):
@@ -512,8 +526,11 @@ def smoke_test(endpoint: Endpoint, timeout_s: float = 30.0,
         except Exception as exc:
             errors.append(f"cannot read the repository index: {short_error(exc)}")
             return report
+        # A protocol that did not answer (a failed TLS handshake, a closed port) is reported once, above, not again
+        # for every model; the report is not ok.
+        answering = [p for p in PROTOCOLS if live[p]]
         for entry in index[:10_000]:
-            report.models.append(_smoke_model(clients, entry, specs.get(str(entry.get("name", "")))))
+            report.models.append(_smoke_model(clients, entry, specs.get(str(entry.get("name", ""))), answering))
         return report
     finally:
         report.error = "\n".join(errors)
