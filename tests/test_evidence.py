@@ -333,7 +333,7 @@ def recorded_diagnosis(name: str) -> doctor.Diagnosis:
     d = doctor.Diagnosis("gpu10")
     for check in doctor.CHECKS:
         check(c, d)
-    doctor._fold_missing_modules_into_vendored_libpython(d)
+    doctor._fold_misread_findings(d)
     return d
 
 
@@ -364,3 +364,28 @@ def test_numpy2_is_no_error_with_a_python_backend_that_supports_it():
     d = doctor.Diagnosis("gpu10")
     doctor.check_numpy(c, d)
     assert d.findings == []
+
+
+def test_a_tls_file_grpc_cannot_use_is_named_and_tritons_busy_port_line_folded_into_it():
+    # the journal lines a local tritonserver 2.51 printed with an unusable --grpc-server-key (2026-11-26); the rest of
+    # the evidence is written by hand
+    journal = [
+        "Started tritonserver.service - Triton Inference Server.",
+        "E1126 14:20:34.102594114    5147 ssl_transport_security.cc:780]        Invalid private key.",
+        "E1126 14:20:34.102674137    5147 ssl_security_connector.cc:271]        Handshaker factory creation failed "
+        "with TSI_INVALID_ARGUMENT.",
+        "E1126 14:20:34.106248 5147 main.cc:245] \"failed to start GRPC service: Unavailable - Socket '0.0.0.0:8001' "
+        "already in use \"",
+    ]
+    text = ("python_version=3.11\npkg_mgr=apt\nservice_ActiveState=activating\n"
+            "service_Description=tritonserver.service - Triton Inference Server\n"
+            "@@begin journal\n" + "\n".join(journal) + "\n@@end\n")
+    ev = doctor.parse_evidence(text)
+    c = doctor._Context(ev, dict(layout.DEFAULT_VARS), "192.0.2.1", "gpu01")
+    d = doctor.Diagnosis("gpu01")
+    doctor.check_journal(c, d)
+    assert {f.signature for f in d.findings} == {"grpc_tls_unusable", "port_in_use"}
+    doctor._fold_misread_findings(d)
+    (tls_finding,) = d.findings
+    assert tls_finding.signature == "grpc_tls_unusable" and "server/issues/5566" in tls_finding.link
+    assert any("already in use" in e for e in tls_finding.evidence)

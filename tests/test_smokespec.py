@@ -318,3 +318,33 @@ def test_signature_rows_read_the_lines_triton_logs():
     the refusal that follows it."""
     line = 'I1009 03:39:04.458373 42 sequence_batch_scheduler.cc:1079] "Reaper: CORRID 1: max sequence idle exceeded"'
     assert signatures.match(line).id == "sequence_not_started"
+
+
+def test_a_deploy_that_changed_models_smoke_tests_once(tmp_path):
+    """sync-models' handler smoke-tests after the restart; smoke.yml's step, with nothing changed since, asks the
+    server nothing again (the deploy's shape: sync, flush handlers, smoke)."""
+    from test_module_cases import FIXTURES, FakeHost, FakeServer, QuietReporter, context_for
+
+    playbook = tmp_path / "deploy-like.yml"
+    playbook.write_text(f"- import_playbook: {REPO_ROOT / 'playbooks' / 'sync-models.yml'}\n"
+                        "- hosts: all\n  tasks:\n    - meta: flush_handlers\n"
+                        f"- import_playbook: {REPO_ROOT / 'playbooks' / 'smoke.yml'}\n")
+    conn = FakeHost(Host("gpu01", {"ansible_host": "10.0.0.1"}, ("lab",)), {})
+    server = FakeServer({"wait_ready": [True, []], "smoke": [{"models": []}]})
+    ctx = context_for({"vars": {}, "facts": "init=systemd\nlive_models=/srv/tritonfleet/models-releases/"
+                                            "fedcba9876543210\n"}, conn, server)
+    ctx.vars["model_repository"] = str(FIXTURES / "models")
+    run = HostRun("gpu01")
+    run_plays(load_playbook(playbook, MODULES), ctx, run, (), QuietReporter(), MODULES)
+    assert not any(s["status"] == "failed" for s in run.steps), run.steps
+    assert server.calls == ["wait_ready 180", "smoke 30"]
+    smokes = [s for s in run.steps if s["module"] == "smoke"]
+    assert [s["handler"] for s in smokes] == [True, False]
+    assert smokes[1]["msg"] == "every model answered this run's smoke test, and nothing changed since"
+    assert smokes[1]["data"] == smokes[0]["data"]  # the same answers, for whoever reads the last step
+
+    # a step that changes the host after the first smoke test: the second asks again
+    ctx.answered = (ctx.changes - 1, {})
+    run_plays(load_playbook(REPO_ROOT / "playbooks" / "smoke.yml", MODULES), ctx, HostRun("gpu01"), (),
+              QuietReporter(), MODULES)
+    assert server.calls == ["wait_ready 180", "smoke 30", "smoke 30"]

@@ -9,7 +9,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from labkit import ADDRESSES, ensure_mine, fault_log, invoke, on_host, report_of, show, write_inventory  # noqa: F401
+from labkit import (ADDRESSES, ensure_mine, fault_log, invoke, on_host, report_of, show, wait_for,  # noqa: F401
+                    write_inventory)
 from tlskit import CA
 from tritonfleet.triton import tls
 
@@ -181,3 +182,26 @@ def test_grpc_tls_and_mutual_tls_on_a_lab_host(tls_deploy, pki, fault_log):
                     f"{ADDRESS}, the smoke test dials 127.0.0.1 through an SSH forward)",
               "smoke passed over mutual TLS: the client checks the certificate against the host's address "
               "(`grpc.ssl_target_name_override`)")
+
+
+def test_a_key_the_service_user_cannot_read_is_named_not_taken_for_a_busy_port(tls_deploy, fault_log):
+    """The host's key made root-only by hand: gRPC cannot start, Triton says the port is 'already in use'."""
+    inventory = tls_deploy["inventory"]
+    on_host(HOST, f"chmod 0600 {tls.HOST_DIR}/server.key && systemctl restart tritonserver; true")
+    wait_for(lambda: "Invalid private key" in on_host(HOST, "journalctl -u tritonserver -n 80 --no-pager -o cat"),
+             30, what="tritonserver's TLS error on gpu07")
+    doctor, report, _ = run("doctor", inventory)
+    assert doctor.returncode == 1, show(doctor)
+    findings = {f["signature"]: f for f in report["hosts"][0]["diagnosis"]["findings"] if f["severity"] == "error"}
+    assert "grpc_tls_unusable" in findings and "port_in_use" not in findings, findings
+    evidence = findings["grpc_tls_unusable"]["evidence"]
+    assert any("Invalid private key" in e for e in evidence)
+    assert any("already in use" in e for e in evidence)  # Triton's misreport, folded into the real cause
+    repaired, repaired_report, _ = run("deploy", inventory)
+    assert repaired.returncode == 0, show(repaired)
+    assert "server.key" in step(repaired_report, "grpc_tls")["msg"]
+    assert on_host(HOST, f"stat -c %a {tls.HOST_DIR}/server.key") == "640"
+    fault_log(AREA, "the host's TLS key made unreadable for the service user (`chmod 0600`, owner root)",
+              "tritonserver logs `Invalid private key` and then `failed to start GRPC service: ... Socket "
+              "'0.0.0.0:8001' already in use` although nothing holds the port (server#5566); `invoke doctor` names the "
+              "TLS file, not a busy port; the next deploy restores mode 0640 and serves again")

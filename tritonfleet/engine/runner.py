@@ -115,6 +115,7 @@ def _run_task(task: Task, ctx: HostContext, context: dict, modules: dict) -> Out
     started = time.monotonic()
     outcome = _run_module(task, ctx, context, modules)
     outcome.seconds = time.monotonic() - started
+    ctx.changes += outcome.changed
     return outcome
 
 

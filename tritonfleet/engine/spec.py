@@ -232,6 +232,8 @@ class HostContext:
         self.bundle, self.repository, self.progress = bundle, repository, progress
         self.facts = None
         self._connect_server, self._server = connect_server, None
+        self.changes = 0  # steps that changed this host so far in this run (the runner counts them)
+        self.answered: tuple | None = None  # (changes, data) when this run's last smoke test passed
 
     @property
     def server(self):

@@ -530,17 +530,27 @@ def server_of(conn, host, c: _Context) -> ServerClient:
     return ServerClient(endpoint_for(host.address, c.server_vars(), conn), api_key=c.ev.values.get("api_key", ""))
 
 
-def _fold_missing_modules_into_vendored_libpython(d: Diagnosis) -> None:
-    """A stub on a vendored libpython misses the host's stdlib, so models and the journal say `No module named
-    '_struct'` (or 'numpy'): that is the vendored libpython's doing, not a package to install."""
-    vendored = next((f for f in d.findings if f.signature == "stub_vendored_libpython"), None)
-    if vendored is None:
-        return
-    for f in [f for f in d.findings if f.check in ("journal", "models")
-              and f.signature in ("stub_python_mismatch", "numpy_missing")]:
-        vendored.evidence += [e for e in f.evidence if e not in vendored.evidence]
-        vendored.models += [m for m in f.models if m not in vendored.models]
-        d.findings.remove(f)
+# A cause whose failure Triton reports with misleading lines: the cause's signature, and what its lines read as.
+_MISREAD_AS = {
+    # a stub on a vendored libpython misses the host's stdlib: `No module named '_struct'` (or 'numpy') is not a
+    # package to install
+    "stub_vendored_libpython": ("stub_python_mismatch", "numpy_missing"),
+    # a TLS file gRPC cannot use is reported as "Socket '0.0.0.0:8001' already in use" (server#5566)
+    "grpc_tls_unusable": ("port_in_use",),
+}
+
+
+def _fold_misread_findings(d: Diagnosis) -> None:
+    """Findings the log or the index misread (only those: a port another process really holds is found by
+    check_ports) go into the finding of their real cause, as its evidence."""
+    for cause_id, misread in _MISREAD_AS.items():
+        cause = next((f for f in d.findings if f.signature == cause_id), None)
+        if cause is None:
+            continue
+        for f in [f for f in d.findings if f.check in ("journal", "models") and f.signature in misread]:
+            cause.evidence += [e for e in f.evidence if e not in cause.evidence]
+            cause.models += [m for m in f.models if m not in cause.models]
+            d.findings.remove(f)
 
 
 def diagnose(conn, host, hostvars: dict, *, index_timeout: float = 3.0, server: ServerClient | None = None) -> Diagnosis:
@@ -562,7 +572,7 @@ def diagnose(conn, host, hostvars: dict, *, index_timeout: float = 3.0, server: 
         except TritonfleetError as exc:  # the SSH forward to a loopback-bound server could not be opened
             error = str(exc)
     check_models(c, d, index, ready, error)
-    _fold_missing_modules_into_vendored_libpython(d)
+    _fold_misread_findings(d)
     d.ready, d.index = ready, index or []
     d._context = c  # for fixes
     d.seconds = time.monotonic() - start
