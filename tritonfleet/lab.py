@@ -1,9 +1,10 @@
 """A fleet of real Debian hosts on this one machine, for testing tritonfleet over real SSH.
 
-Each lab host is a Debian system (12 by default; 11 or 13 with the host var `lab_suite`) booted by systemd-nspawn (real systemd, journald, sshd) in its own
-network namespace, on a private bridge, reachable at its own address with a per-lab key and strict host
-key checking -- exactly how tritonfleet reaches a real GPU box. Hosts are offline (no route beyond the
-bridge); packages reach them from a mirror the lab serves on the bridge address, as at an air-gapped site.
+Each lab host is a Debian system (12 by default; 11 or 13 with the host var `lab_suite`) booted by
+systemd-nspawn (real systemd, journald, sshd) in its own network namespace, on a private bridge, reachable at its
+own address with a per-lab key and strict host key checking -- exactly how tritonfleet reaches a real GPU box.
+Hosts are offline (no route beyond the bridge); packages reach them from a mirror the lab serves on the bridge
+address, as at an air-gapped site.
 
 Layout:
   CACHE_DIR/lab/base-SUITE      debootstrap image of one Debian release, read-only lower layer of its hosts (cached)
@@ -92,11 +93,10 @@ def mirror_packages(suite: str) -> tuple[str, ...]:
     return tuple(p.format(minor=minor) for p in MIRROR_PACKAGES)
 
 
-def check_suite(name: str, suite: str) -> str:
+def check_suite(name: str, suite: str) -> None:
     if suite not in SUITES:
         raise TritonfleetError(f"lab host {name}: lab_suite {suite!r} is not a release the lab builds",
                                hint=f"use one of {', '.join(SUITES)}")
-    return suite
 
 
 @dataclass
@@ -510,7 +510,8 @@ def _ensure_mirror_server() -> None:
                 return
         except OSError:
             time.sleep(0.2)
-    raise TritonfleetError(f"lab: mirror server did not listen on {BRIDGE_ADDRESS}:{MIRROR_PORT} within 15 s; see {MIRROR_LOG}")
+    raise TritonfleetError(f"lab: mirror server did not listen on {BRIDGE_ADDRESS}:{MIRROR_PORT} within 15 s; "
+                           f"see {MIRROR_LOG}")
 
 
 def _ensure_lab_key() -> None:
@@ -707,8 +708,9 @@ def up(hosts: list[LabHost], progress: Callable[[str], None] = print) -> list[Ho
         check_suite(h.name, h.suite)
         rec = _read_record(h.name)
         if rec and (rec.get("address"), rec.get("suite", DEFAULT_SUITE)) != (h.address, h.suite):
-            raise TritonfleetError(f"lab host {h.name} exists as {rec.get('address')} ({rec.get('suite', DEFAULT_SUITE)})"
-                                   f", not {h.address} ({h.suite})", hint="run lab.down first")
+            was = f"{rec.get('address')} ({rec.get('suite', DEFAULT_SUITE)})"
+            raise TritonfleetError(f"lab host {h.name} exists as {was}, not {h.address} ({h.suite})",
+                                   hint="run lab.down first")
     for suite in sorted({h.suite for h in hosts}, key=list(SUITES).index):
         ensure_base(suite, progress)
     _ensure_lab_key()

@@ -87,7 +87,8 @@ def smoke(ctx, args) -> Outcome:
     A second smoke step in one run (sync-models' handler, then smoke.yml, in a deploy) with no step changing the host
     in between asks nothing again: the answers are the same server's, moments old."""
     if ctx.answered is not None and ctx.answered[0] == ctx.changes:
-        return Outcome(msg="every model answered this run's smoke test, and nothing changed since", data=ctx.answered[1])
+        return Outcome(msg="every model answered this run's smoke test, and nothing changed since",
+                       data=ctx.answered[1])
     try:
         specs = _specs(ctx)
     except smokespec.SpecError as exc:
