@@ -389,3 +389,24 @@ def test_a_tls_file_grpc_cannot_use_is_named_and_tritons_busy_port_line_folded_i
     (tls_finding,) = d.findings
     assert tls_finding.signature == "grpc_tls_unusable" and "server/issues/5566" in tls_finding.link
     assert any("already in use" in e for e in tls_finding.evidence)
+
+
+def test_a_restarting_server_caught_just_after_a_new_start_is_named_from_the_run_before():
+    # systemd's lines for a tritonserver it cannot execute (lab host gpu08, 2026-11-26), read just after a restart
+    journal = [
+        "Started tritonserver.service - Triton Inference Server.",
+        "tritonserver.service: Failed to execute /opt/tritonserver/bin/tritonserver: Exec format error",
+        "tritonserver.service: Failed at step EXEC spawning /opt/tritonserver/bin/tritonserver: Exec format error",
+        "tritonserver.service: Main process exited, code=exited, status=203/EXEC",
+        "tritonserver.service: Scheduled restart job, restart counter is at 7.",
+        "Stopped tritonserver.service - Triton Inference Server.",
+        "Started tritonserver.service - Triton Inference Server.",
+    ]
+    text = ("python_version=3.11\npkg_mgr=apt\nservice_ActiveState=active\nservice_NRestarts={n}\n"
+            "service_Description=tritonserver.service - Triton Inference Server\n"
+            "@@begin journal\n" + "\n".join(journal) + "\n@@end\n")
+    for restarts, named in (("7", {"exec_format_error"}), ("0", set())):
+        ev = doctor.parse_evidence(text.format(n=restarts))
+        d = doctor.Diagnosis("gpu08")
+        doctor.check_journal(doctor._Context(ev, dict(layout.DEFAULT_VARS), "192.0.2.1", "gpu08"), d)
+        assert {f.signature for f in d.findings} == named, restarts  # a server started once: only its own run

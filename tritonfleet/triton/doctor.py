@@ -466,18 +466,22 @@ def check_repository(c: _Context, d: Diagnosis) -> None:
                            [f"{repo}/{model}/config.pbtxt:{err}"], models=[model]))
 
 
-def _last_run(journal: list[str], description: str) -> list[str]:
-    """The journal lines since the unit's last start (older runs' errors are history, not the present)."""
-    start = 0
-    for i, line in enumerate(journal):
-        if line.startswith("Started ") and (not description or description in line):
-            start = i
-    return journal[start:]
+def _last_run(journal: list[str], description: str, runs: int = 1) -> list[str]:
+    """The journal lines since the unit's last start, or its last `runs` starts (older runs' errors are history, not
+    the present)."""
+    starts = [i for i, line in enumerate(journal)
+              if line.startswith("Started ") and (not description or description in line)]
+    return journal[starts[-runs] if len(starts) >= runs else 0:]
 
 
 def check_journal(c: _Context, d: Diagnosis) -> None:
-    lines = _last_run(c.ev.lines("journal"), c.ev.service.get("Description", ""))
-    for sig, line in signatures.match_lines(lines):
+    journal, description = c.ev.lines("journal"), c.ev.service.get("Description", "")
+    found = signatures.match_lines(_last_run(journal, description))
+    if not found and c.ev.service.get("NRestarts", "0") not in ("", "0"):
+        # a server systemd keeps restarting may be caught just after a new start, before this run fails: the run
+        # before it failed the same way
+        found = signatures.match_lines(_last_run(journal, description, runs=2))
+    for sig, line in found:
         if sig.id == "cuda_driver_insufficient" and not c.gpus:
             continue  # harmless on a CPU-only host
         d.add(_sig_finding("journal", sig.id, sig.cause, [line[:600]]))
